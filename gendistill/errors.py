@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input: the message says what was wrong and what is allowed."""
+
+
+def check_choice(name: str, value: str, choices) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a UserError listing them."""
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(choices))}")
+    return value
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> float:
+    """Return ``value`` if ``low <= value <= high`` (either bound optional), else raise a UserError."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise UserError(f"{name} must be in [{lo}, {hi}], got {value:g}")
+    return value
