@@ -1,0 +1,5 @@
+import sys
+
+from gendistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""Load a diffusers text-to-image pipeline from a local folder or a hub id, with clear user errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from gendistill.errors import UserError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model(model: str) -> str:
+    """Check that ``model`` names a diffusers pipeline folder or looks like a hub id; return it."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"{model} is not a diffusers pipeline folder (no model_index.json); "
+                            "give a folder saved with save_pretrained or a hub id like owner/name")
+        return str(path)
+    if HUB_ID.match(model) and not model.startswith((".", "/")):
+        return model
+    raise UserError(f"model {model!r} does not exist; give a diffusers pipeline folder or a hub id like owner/name")
+
+
+def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """``DiffusionPipeline.from_pretrained`` without a safety checker (pipelines lacking one ignore it)."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    source = resolve_model(model)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None)
+    except (OSError, ValueError, EnvironmentError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load a diffusers pipeline from {model!r}: {first}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+

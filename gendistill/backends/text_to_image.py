@@ -1,0 +1,142 @@
+"""A loaded diffusers text-to-image pipeline seen through the canonical interface.
+
+``TextToImageModel`` gives the denoiser, the schedules a sampler needs, prompt encoding (through the
+pipeline's own ``encode_prompt``, so embeddings equal the stock pipeline's) and VAE decoding. Families:
+"vp" (UNet pipelines: SD 1.x/2.x, SDXL) and "flow" (SD3-style transformers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gendistill.diffusion.adapters import FlowDenoiser, VPDenoiser
+from gendistill.diffusion.denoiser import TextCondition
+from gendistill.diffusion.schedules import DiscreteVPSchedule, FlowMatchSchedule, KarrasSchedule
+from gendistill.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Sigmas for a sampler plus how to scale the starting noise and the final state."""
+
+    sigmas: Tensor
+    noise_scaling: str  # "vp" | "ve" | "flow", see samplers.initial_scale
+
+    @property
+    def final_latent_scale(self) -> float:
+        """Canonical x at the final sigma back to the pipeline's latent space."""
+        last = float(self.sigmas[-1])
+        if self.noise_scaling == "flow":
+            return 1 / (1 + last)
+        return (1 + last**2) ** -0.5
+
+
+class TextToImageModel:
+    """Wraps a diffusers pipeline with a ``unet`` (VP) or an SD3-style ``transformer`` (flow)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.config = dict(pipe.scheduler.config)
+        if getattr(pipe, "unet", None) is not None:
+            self.family = "vp"
+            self.alphas_cumprod = _alphas_cumprod(self.config)
+            self.network = pipe.unet
+        elif getattr(pipe, "transformer", None) is not None and "shift" in self.config:
+            self.family = "flow"
+            self.network = pipe.transformer
+        else:
+            raise UserError(f"{type(pipe).__name__} is not supported: need a UNet text-to-image pipeline "
+                            "(StableDiffusion, StableDiffusionXL) or an SD3-style flow-matching one")
+
+    # --- denoiser -----------------------------------------------------------------------------------
+
+    def denoiser(self):
+        if self.family == "vp":
+            prediction = self.config.get("prediction_type", "epsilon")
+            return VPDenoiser(self.network, self.alphas_cumprod, prediction)
+        return FlowDenoiser(self.network, self.config.get("num_train_timesteps", 1000))
+
+    # --- schedules ----------------------------------------------------------------------------------
+
+    def plan(self, sampler: str, steps: int, karras: bool = False) -> SamplingPlan:
+        """The sigmas diffusers' own scheduler would visit for this sampler and step count."""
+        if self.family == "flow":
+            return SamplingPlan(FlowMatchSchedule(self.config.get("shift", 1.0),
+                                                  self.config.get("num_train_timesteps", 1000)).sigmas(steps), "flow")
+        schedule = self.vp_schedule(final_sigma=self._ddim_final_sigma() if sampler == "ddim" else 0.0)
+        sigmas = schedule.sigmas(steps)
+        if karras:
+            table = schedule.train_sigmas
+            sigmas = KarrasSchedule(float(table[0]), float(sigmas[0])).sigmas(steps)
+        euler_like = sampler != "ddim" and sampler != "consistency"
+        ve_start = euler_like and schedule.spacing in ("linspace", "trailing")
+        return SamplingPlan(sigmas, "ve" if ve_start else "vp")
+
+    def vp_schedule(self, final_sigma: float = 0.0) -> DiscreteVPSchedule:
+        return DiscreteVPSchedule(self.alphas_cumprod, self.config.get("timestep_spacing", "leading"),
+                                  self.config.get("steps_offset", 0), final_sigma)
+
+    def _ddim_final_sigma(self) -> float:
+        """DDIM's last step lands on alpha-bar 1 (sigma 0) or, without ``set_alpha_to_one``, on timestep 0."""
+        if self.config.get("set_alpha_to_one", True):
+            return 0.0
+        abar0 = float(self.alphas_cumprod[0])
+        return ((1 - abar0) / abar0) ** 0.5
+
+    # --- text and latents ---------------------------------------------------------------------------
+
+    def encode(self, prompt: str, negative_prompt: str | None, num_images: int) -> tuple[TextCondition, TextCondition]:
+        """(conditional, unconditional) conditions, each repeated ``num_images`` times."""
+        device = self.network.device
+        if self.family == "flow":
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt, None, None, device=device, num_images_per_prompt=num_images,
+                do_classifier_free_guidance=True, negative_prompt=negative_prompt)
+            return TextCondition(pos, pooled), TextCondition(neg, neg_pooled)
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            return self._encode_sdxl(prompt, negative_prompt, num_images, device)
+        pos, neg = self.pipe.encode_prompt(prompt, device, num_images, True, negative_prompt)
+        return TextCondition(pos), TextCondition(neg)
+
+    def _encode_sdxl(self, prompt, negative_prompt, num_images, device):
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt, device=device, num_images_per_prompt=num_images, do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt)
+        h, w = self.image_size()
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=pos.dtype, device=device).repeat(num_images, 1)
+        return TextCondition(pos, pooled, time_ids), TextCondition(neg, neg_pooled, time_ids)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    def image_size(self) -> tuple[int, int]:
+        size = self.network.config.sample_size * self.vae_scale_factor
+        return size, size
+
+    def latent_shape(self, num_images: int) -> tuple[int, ...]:
+        h, w = self.image_size()
+        channels = self.network.config.in_channels
+        return (num_images, channels, h // self.vae_scale_factor, w // self.vae_scale_factor)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Pipeline latents to images in [0, 1], (B, 3, H, W)."""
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None) is not None and self.family == "flow":
+            latents = latents + vae.config.shift_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _alphas_cumprod(config: dict) -> Tensor:
+    """The training alpha-bar of a VP scheduler config (any beta schedule, zero-SNR rescale included)."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+            "rescale_betas_zero_snr")
+    return DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod.clone()

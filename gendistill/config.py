@@ -1,0 +1,166 @@
+"""Typed configs: nested dataclasses loaded from plain YAML, with ``--set a.b=value`` overrides.
+
+A field typed as a union of dataclasses picks its variant with a ``kind:`` key that matches the class
+attribute ``KIND``. Unknown keys and wrong types are UserErrors that name the key and what is allowed,
+raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from gendistill.errors import UserError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        data = read_yaml(path)
+    for item in overrides or []:
+        _apply_override(data, item)
+    return from_dict(cls, data)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning a missing file or bad syntax into a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def save_config(config, path: str | Path) -> None:
+    """Write the fully resolved config as YAML (what a run really used)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def to_dict(config) -> dict:
+    """A dataclass config as plain data, with ``kind`` written for variant classes."""
+    out = {}
+    if hasattr(type(config), "KIND"):
+        out["kind"] = type(config).KIND
+    for field in dataclasses.fields(config):
+        out[field.name] = _plain(getattr(config, field.name))
+    return out
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise UserError(f"override {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key!r}: {part!r} is a value, not a section")
+    node[leaf] = value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Convert plain data into dataclass ``cls``, checking every key and type."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = {k: v for k, v in data.items() if not (k == "kind" and hasattr(cls, "KIND"))}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = _join(where, unknown[0])
+        raise UserError(f"unknown config key {name!r}; valid keys here: {', '.join(sorted(fields))}")
+    values = {name: _convert(hints[name], data[name], _join(where, name)) for name in data}
+    return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _convert(hint, value, where: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return _convert_union(args, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        converted = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(converted) if origin is tuple else converted
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    return _convert_scalar(hint, value, where)
+
+
+def _convert_union(args, value, where: str):
+    if value is None and type(None) in args:
+        return None
+    variants = [a for a in args if dataclasses.is_dataclass(a)]
+    if variants and isinstance(value, dict):
+        kinds = {a.KIND: a for a in variants if hasattr(a, "KIND")}
+        if kinds:
+            kind = value.get("kind")
+            if kind not in kinds:
+                raise UserError(f"{where}.kind must be one of {', '.join(sorted(kinds))}, got {kind!r}")
+            return from_dict(kinds[kind], value, where)
+        return from_dict(variants[0], value, where)
+    scalars = [a for a in args if a is not type(None) and not dataclasses.is_dataclass(a)]
+    errors = []
+    for arg in scalars:
+        try:
+            return _convert(arg, value, where)
+        except UserError as err:
+            errors.append(str(err))
+    raise UserError(errors[0] if errors else f"{where} has an unsupported value {value!r}")
+
+
+def _convert_scalar(hint, value, where: str):
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, hint):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise UserError(f"{where} must be a {name}, got {value!r}")

@@ -1,0 +1,38 @@
+"""Image grids and PNG files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def make_grid(images: Tensor, columns: int | None = None, pad: int = 2) -> Tensor:
+    """Tile (N, 3, H, W) images in [0, 1] into one (3, H', W') image on a white background."""
+    n, c, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = torch.ones(c, rows * (h + pad) + pad, columns * (w + pad) + pad, dtype=images.dtype)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = image
+    return grid
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] to a PIL image."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def save_png(image: Tensor, path: str | Path) -> Path:
+    """Write a (3, H, W) image, creating parent folders; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(image).save(path)
+    return path
