@@ -163,4 +163,5 @@ def _convert_scalar(hint, value, where: str):
     elif isinstance(value, hint):
         return value
     name = getattr(hint, "__name__", str(hint))
-    raise UserError(f"{where} must be a {name}, got {value!r}")
+    article = "an" if name[:1] in "aeiou" else "a"
+    raise UserError(f"{where} must be {article} {name}, got {value!r}")

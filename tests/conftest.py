@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import gendistill  # noqa: F401  (first: makes torchvision importable under CPU torch)
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -38,6 +38,16 @@ def flow_x0_from_velocity(velocity: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
     return x / (1 + sigma) - t * velocity
 
 
+def network_dtype(network: nn.Module) -> torch.dtype:
+    """The dtype a network computes in (diffusers models expose ``.dtype``; plain modules do not)."""
+    dtype = getattr(network, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    for tensor in (*network.parameters(), *network.buffers()):
+        return tensor.dtype
+    return torch.float32
+
+
 class SigmaToTimestep:
     """Maps sigma to the (fractional) training timestep, inverting the linear interpolation of the
     per-timestep sigma table that diffusers' Euler scheduler uses. Exact on the table's own sigmas."""
@@ -71,7 +81,7 @@ class VPDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, cond: TextCondition | None = None) -> Tensor:
         sig = expand_sigma(sigma, x)
         t = self.sigma_to_t(sig.flatten()).to(device=x.device, dtype=torch.float32)
-        model_in = (x / (1 + sig**2).sqrt()).to(self.unet.dtype)
+        model_in = (x / (1 + sig**2).sqrt()).to(network_dtype(self.unet))
         out = self.unet(model_in, t, **_unet_kwargs(cond, x.shape[0], self.timestep_cond)).sample
         return vp_x0_from_output(out.to(x.dtype), x, sig, self.prediction)
 
@@ -98,7 +108,7 @@ class FlowDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, cond: TextCondition | None = None) -> Tensor:
         sig = expand_sigma(sigma, x)
         t = sigma_to_flow_time(sig.flatten()).to(torch.float32) * self.num_train_timesteps
-        model_in = (x / (1 + sig)).to(self.transformer.dtype)
+        model_in = (x / (1 + sig)).to(network_dtype(self.transformer))
         kwargs = {} if cond is None else {"encoder_hidden_states": cond.embeds, "pooled_projections": cond.pooled}
         out = self.transformer(hidden_states=model_in, timestep=t, return_dict=False, **kwargs)[0]
         return flow_x0_from_velocity(out.to(x.dtype), x, sig)

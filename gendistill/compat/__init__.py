@@ -1,0 +1,1 @@
+"""Workarounds for the environments gendistill runs in."""

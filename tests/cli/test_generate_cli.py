@@ -1,0 +1,86 @@
+"""`gendistill generate`: writes a grid, documents every option, and answers user errors in one line."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from gendistill.cli import main
+from tiny_pipelines import tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_sd_pipeline(folder, seed=0)
+    return folder
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_grid_and_reports_cost(sd_folder, tmp_path, capsys):
+    out_png = tmp_path / "grid.png"
+    code, out, _ = run(capsys, "generate", "--model", str(sd_folder), "--prompt", "a red cube", "--steps", "3",
+                       "--num-images", "4", "--seed", "1", "--out", str(out_png))
+    assert code == 0
+    assert "NFE 6 per image" in out and "s per image" in out  # 3 steps x 2 (guided)
+    image = Image.open(out_png)
+    assert image.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
+
+
+def test_hybrid_generate_counts_both_models(sd_folder, tmp_path, capsys):
+    code, out, _ = run(capsys, "generate", "--model", str(sd_folder), "--base-model", str(sd_folder),
+                       "--prompt", "a cube", "--base-steps", "1", "--steps", "2", "--sampler", "consistency", "--guidance", "0",
+                       "--num-images", "2", "--out", str(tmp_path / "h.png"))
+    assert code == 0 and "NFE 4 per image" in out  # base: 1 guided step (2) + student: 2 steps
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sampler", "lms"], "unknown sampler 'lms'; choose one of: consistency, ddim, dpmpp_2m, euler, heun"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--guidance", "-1"], "guidance must be in [0, inf]"),
+    (["--eta", "0.5", "--sampler", "heun"], "eta needs a stochastic sampler"),
+    (["--base-steps", "2"], "base-steps needs --base-model"),
+])
+def test_bad_values_are_one_line_errors(sd_folder, tmp_path, capsys, args, needle):
+    code, _, err = run(capsys, "generate", "--model", str(sd_folder), "--prompt", "x", "--out",
+                       str(tmp_path / "x.png"), *args)
+    assert code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_and_non_pipeline_models(tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path / "nope"), "--prompt", "x", "--out", "x.png")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path), "--prompt", "x", "--out", "x.png")
+    assert code == 2 and "not a diffusers pipeline folder" in err
+
+
+def test_console_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gendistill", "generate", "--model", str(tmp_path), "--prompt", "x",
+                           "--out", "x.png"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} is not a diffusers pipeline folder (no "
+                                                "model_index.json); give a folder saved with save_pretrained or a "
+                                                "hub id like owner/name"]
+
+
+def test_argparse_errors_are_one_line(capsys):
+    code, _, err = run(capsys, "generate", "--prompt", "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--model" in err
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--prompt", "--negative-prompt", "--steps", "--sampler", "--eta", "--guidance",
+                   "--seed", "--num-images", "--base-model", "--base-steps", "--out"):
+        assert option in text
