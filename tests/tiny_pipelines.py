@@ -68,3 +68,30 @@ def tiny_sd_pipeline(folder: Path | None = None, seed: int = 0, scheduler: dict 
     if folder is not None:
         pipe.save_pretrained(folder)
     return pipe
+
+
+def tiny_sd3_pipeline(seed: int = 0, shift: float = 3.0):
+    """A StableDiffusion3Pipeline with tiny random weights and no T5 (SD3 allows dropping it)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = tiny_tokenizer(Path(scratch))
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1, projection_dim=32)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=2, joint_attention_dim=4096, caption_projection_dim=16,
+                                        pooled_projection_dim=64, out_channels=4)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=16, shift_factor=0.06, scaling_factor=1.5,
+                        use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=vae,
+        text_encoder=CLIPTextModelWithProjection(config), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(config), tokenizer_2=tokenizer,
+        text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
