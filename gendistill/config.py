@@ -62,6 +62,8 @@ def to_dict(config) -> dict:
 def _plain(value):
     if dataclasses.is_dataclass(value):
         return to_dict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
@@ -112,6 +114,10 @@ def _convert(hint, value, where: str):
         if value not in args:
             raise UserError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, _join(where, str(k))) for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where} must be a list, got {value!r}")

@@ -1,0 +1,32 @@
+"""Exponential moving average of a module's floating-point state."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """``shadow = decay * shadow + (1 - decay) * current`` after every optimizer step of the tracked module."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for ema_t, t in zip(self.shadow.state_dict().values(), module.state_dict().values()):
+            if ema_t.dtype.is_floating_point:
+                ema_t.lerp_(t.to(ema_t.dtype), 1 - self.decay)
+            else:
+                ema_t.copy_(t)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow.load_state_dict(state)
