@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ class GenerationRequest:
     prompt: str
     negative_prompt: str | None = None
     steps: int = 25
-    sampler: str = "euler"
+    sampler: str = "auto"
     eta: float = 0.0
     guidance: float = 7.5
     guidance_rescale: float = 0.0
@@ -58,13 +58,13 @@ def validate(request: GenerationRequest, has_base: bool = False) -> None:
     """Raise a UserError for any value a user could get wrong."""
     if not request.prompt.strip():
         raise UserError("prompt is empty; give a text prompt")
-    check_choice("sampler", request.sampler, SAMPLERS)
+    check_choice("sampler", request.sampler, [*SAMPLERS, "auto"])
     if request.steps < 1:
         raise UserError(f"steps must be at least 1, got {request.steps}")
     check_range("guidance", request.guidance, 0)
     check_range("guidance rescale", request.guidance_rescale, 0, 1)
     check_range("eta", request.eta, 0, 1)
-    if request.eta > 0 and request.sampler not in STOCHASTIC:
+    if request.eta > 0 and request.sampler not in (*STOCHASTIC, "auto"):
         raise UserError(f"eta needs a stochastic sampler ({', '.join(STOCHASTIC)}), not {request.sampler!r}")
     if request.num_images < 1:
         raise UserError(f"num-images must be at least 1, got {request.num_images}")
@@ -85,14 +85,27 @@ class CountingDenoiser:
 
 def guided_denoiser(model: TextToImageModel, request: GenerationRequest, guidance: float):
     cond, uncond = model.encode(request.prompt, request.negative_prompt, request.num_images)
-    counter = CountingDenoiser(model.denoiser(), request.num_images)
-    return CFGDenoiser(counter, uncond, guidance, request.guidance_rescale), cond, counter
+    counter = CountingDenoiser(model.denoiser(guidance, request.num_images), request.num_images)
+    cfg_scale = 1.0 if model.embeds_guidance else guidance  # the UNet already applies the scale
+    return CFGDenoiser(counter, uncond, cfg_scale, request.guidance_rescale), cond, counter
+
+
+def resolve_sampler(model: TextToImageModel, request: GenerationRequest) -> GenerationRequest:
+    """Replace sampler "auto" by the one that follows the pipeline's own scheduler."""
+    if request.sampler != "auto":
+        return request
+    request = replace(request, sampler=model.default_sampler())
+    if request.eta > 0 and request.sampler not in STOCHASTIC:
+        raise UserError(f"eta needs a stochastic sampler ({', '.join(STOCHASTIC)}); this model's default is "
+                        f"{request.sampler!r}")
+    return request
 
 
 def sample_steps(model: TextToImageModel, request: GenerationRequest, base: TextToImageModel | None = None,
                  counters: list | None = None) -> tuple[Iterator[SamplerStep], float]:
     """The step stream for this request and the factor from the final state to pipeline latents."""
     validate(request, has_base=base is not None)
+    request = resolve_sampler(model, request)
     denoiser, cond, counter = guided_denoiser(model, request, request.guidance)
     plan = model.plan(request.sampler, request.steps + request.base_steps, request.karras)
     generator = torch.Generator(model.network.device).manual_seed(request.seed)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gendistill.diffusion.adapters import FlowDenoiser, VPDenoiser
+from gendistill.diffusion.adapters import FlowDenoiser, LCMBoundaryDenoiser, VPDenoiser, guidance_embedding
 from gendistill.diffusion.denoiser import TextCondition
-from gendistill.diffusion.schedules import DiscreteVPSchedule, FlowMatchSchedule, KarrasSchedule
+from gendistill.diffusion.schedules import DiscreteVPSchedule, FlowMatchSchedule, KarrasSchedule, LCMSchedule
 from gendistill.errors import UserError
 
 
@@ -53,11 +53,32 @@ class TextToImageModel:
 
     # --- denoiser -----------------------------------------------------------------------------------
 
-    def denoiser(self):
-        if self.family == "vp":
-            prediction = self.config.get("prediction_type", "epsilon")
-            return VPDenoiser(self.network, self.alphas_cumprod, prediction)
-        return FlowDenoiser(self.network, self.config.get("num_train_timesteps", 1000))
+    @property
+    def scheduler_name(self) -> str:
+        return type(self.pipe.scheduler).__name__
+
+    @property
+    def embeds_guidance(self) -> bool:
+        """True for UNets with the guidance scale distilled in (LCM's w-embedding): no CFG batch needed."""
+        return self.family == "vp" and getattr(self.network.config, "time_cond_proj_dim", None) is not None
+
+    def default_sampler(self) -> str:
+        """The sampler that reproduces the pipeline's own scheduler."""
+        return DEFAULT_SAMPLERS.get(self.scheduler_name, "euler")
+
+    def denoiser(self, guidance: float = 1.0, num_images: int = 1):
+        """The canonical denoiser; LCM pipelines get their boundary condition, w-embedding UNets the scale."""
+        if self.family == "flow":
+            return FlowDenoiser(self.network, self.config.get("num_train_timesteps", 1000))
+        timestep_cond = None
+        if self.embeds_guidance:
+            scale = torch.full((num_images,), guidance, device=self.network.device)
+            timestep_cond = guidance_embedding(scale, self.network.config.time_cond_proj_dim).to(self.network.device)
+        denoiser = VPDenoiser(self.network, self.alphas_cumprod, self.config.get("prediction_type", "epsilon"),
+                              timestep_cond)
+        if self.scheduler_name == "LCMScheduler":
+            return LCMBoundaryDenoiser(denoiser, self.config.get("timestep_scaling", 10.0))
+        return denoiser
 
     # --- schedules ----------------------------------------------------------------------------------
 
@@ -66,6 +87,9 @@ class TextToImageModel:
         if self.family == "flow":
             return SamplingPlan(FlowMatchSchedule(self.config.get("shift", 1.0),
                                                   self.config.get("num_train_timesteps", 1000)).sigmas(steps), "flow")
+        if sampler == "consistency" and self.scheduler_name == "LCMScheduler":
+            lcm = LCMSchedule(self.alphas_cumprod, self.config.get("original_inference_steps", 50))
+            return SamplingPlan(lcm.sigmas(steps), "vp")
         schedule = self.vp_schedule(final_sigma=self._ddim_final_sigma() if sampler == "ddim" else 0.0)
         sigmas = schedule.sigmas(steps)
         if karras:
@@ -131,6 +155,17 @@ class TextToImageModel:
             latents = latents + vae.config.shift_factor
         images = vae.decode(latents, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+DEFAULT_SAMPLERS = {
+    "LCMScheduler": "consistency",
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "HeunDiscreteScheduler": "heun",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+    "FlowMatchEulerDiscreteScheduler": "euler",
+}
+"""Scheduler class -> our sampler that follows it (others fall back to euler)."""
 
 
 def _alphas_cumprod(config: dict) -> Tensor:

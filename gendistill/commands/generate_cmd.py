@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+
+from gendistill.cli import DefaultsFormatter
 
 from gendistill.diffusion.samplers import SAMPLERS
 
@@ -13,14 +13,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="sample images from a diffusers text-to-image pipeline",
                        description="Sample images from a diffusers text-to-image pipeline folder (or hub id) with "
                                    "gendistill's samplers; writes a grid PNG and prints NFE and seconds per image.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True, help="diffusers pipeline folder or hub id (owner/name)")
     p.add_argument("--prompt", required=True, help="text prompt")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (replaces the empty prompt in guidance)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps of --model (>= 1)")
-    p.add_argument("--sampler", default="euler",
-                   help=f"one of: {', '.join(SAMPLERS)}. euler/ddim reproduce diffusers' Euler/DDIM schedulers; "
-                        "consistency is for LCM and DMD students")
+    p.add_argument("--sampler", default="auto",
+                   help=f"auto (follow the pipeline's scheduler) or one of: {', '.join(SAMPLERS)}. euler/ddim "
+                        "reproduce diffusers' Euler/DDIM schedulers; consistency is for LCM and DMD students")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (euler/ddim only): 0 deterministic")
     p.add_argument("--guidance", type=float, default=7.5,
                    help="classifier-free guidance scale (>= 0); as in diffusers, <= 1 means conditional only")

@@ -61,6 +61,17 @@ class SigmaToTimestep:
         return torch.from_numpy(t)
 
 
+def guidance_embedding(scale: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of ``scale - 1`` for UNets with distilled guidance (LCM's ``time_cond_proj_dim``),
+    as diffusers' pipelines compute it."""
+    w = (scale.float() - 1) * 1000.0
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(np.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :]
+    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 == 1 else emb
+
+
 class VPDenoiser(nn.Module):
     """A diffusers ``UNet2DConditionModel`` on a discrete VP schedule, as a canonical denoiser."""
 
@@ -112,3 +123,24 @@ class FlowDenoiser(nn.Module):
         kwargs = {} if cond is None else {"encoder_hidden_states": cond.embeds, "pooled_projections": cond.pooled}
         out = self.transformer(hidden_states=model_in, timestep=t, return_dict=False, **kwargs)[0]
         return flow_x0_from_velocity(out.to(x.dtype), x, sig)
+
+
+class LCMBoundaryDenoiser(nn.Module):
+    """LCM's boundary condition: ``c_skip(t) * x_vp + c_out(t) * D(x)`` with ``x_vp = x / sqrt(1 + sigma^2)``,
+    ``c_skip = s^2 / ((k t)^2 + s^2)``, ``c_out = k t / sqrt((k t)^2 + s^2)``, ``s = 0.5``, ``k`` the timestep
+    scaling. It makes the consistency function exact at t = 0; as diffusers' LCMScheduler applies it at
+    inference, students trained with it are sampled identically here."""
+
+    SIGMA_DATA = 0.5
+
+    def __init__(self, inner: VPDenoiser, timestep_scaling: float = 10.0):
+        super().__init__()
+        self.inner, self.timestep_scaling = inner, timestep_scaling
+
+    def forward(self, x: Tensor, sigma: Tensor, cond=None) -> Tensor:
+        sig = expand_sigma(sigma, x)
+        t = self.inner.sigma_to_t(sig.flatten()).to(device=x.device, dtype=x.dtype).round()
+        scaled = (t * self.timestep_scaling).reshape(sig.shape)
+        c_skip = self.SIGMA_DATA**2 / (scaled**2 + self.SIGMA_DATA**2)
+        c_out = scaled / (scaled**2 + self.SIGMA_DATA**2).sqrt()
+        return c_skip * x / (1 + sig**2).sqrt() + c_out * self.inner(x, sigma, cond)

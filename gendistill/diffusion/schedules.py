@@ -72,6 +72,31 @@ class DiscreteVPSchedule:
 
 
 @dataclass(frozen=True)
+class LCMSchedule:
+    """The timesteps diffusers' LCMScheduler visits: ``n`` of an ``original_steps``-step trailing grid.
+
+    Consistency and DMD students are trained on exactly these, and exported with an LCMScheduler whose
+    ``original_inference_steps`` is the same, so stock diffusers samples them at the trained timesteps.
+    """
+
+    alphas_cumprod: Tensor
+    """Cumulative alpha product per training timestep, (T,)."""
+    original_steps: int = 50
+    """Size of the grid the inference timesteps are taken from (LCM: 50; a 4-step DMD2 student: 4)."""
+
+    def timesteps(self, n: int) -> np.ndarray:
+        T = self.alphas_cumprod.shape[0]
+        if not 1 <= n <= self.original_steps:
+            raise ValueError(f"steps must be in [1, {self.original_steps}] for this student, got {n}")
+        grid = (np.arange(1, self.original_steps + 1) * (T // self.original_steps) - 1)[::-1]
+        return grid[np.floor(np.linspace(0, self.original_steps, n, endpoint=False)).astype(np.int64)]
+
+    def sigmas(self, n: int) -> Tensor:
+        table = vp_sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        return torch.cat([table[torch.from_numpy(self.timesteps(n).copy())], table.new_zeros(1)])
+
+
+@dataclass(frozen=True)
 class KarrasSchedule:
     """Karras et al. (2022) rho-spaced sigmas between ``sigma_min`` and ``sigma_max``, then 0."""
 
