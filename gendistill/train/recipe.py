@@ -45,3 +45,6 @@ class Recipe(Protocol):
 
     def loss(self, batch: Any, phase: str, step: int, generator: torch.Generator) -> Loss:
         """The loss of ``phase`` on ``batch`` at ``step``; draw any noise from ``generator``."""
+
+    def after_update(self, phase: str, step: int) -> None:
+        """Called after each optimizer step of ``phase`` (e.g. LCM's EMA target follows the student)."""

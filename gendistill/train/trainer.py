@@ -129,6 +129,7 @@ class Trainer:
             for key, value in {"loss": loss.total.detach().item(), **loss.terms}.items():
                 terms[key] = terms.get(key, 0.0) + value / accumulation
         self._step_optimizer(phase)
+        self.recipe.after_update(phase.name, step)
         return terms
 
     def _step_optimizer(self, phase: Phase) -> None:

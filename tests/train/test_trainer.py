@@ -33,6 +33,7 @@ def test_phases_run_with_their_ratios_and_loss_falls(tmp_path):
     rows = [r for r in result.history if "fit/loss" in r]
     assert rows[-1]["fit/loss"] < 0.5 * rows[0]["fit/loss"]
     assert {"aux/loss", "aux/mse"} <= set(rows[0])
+    assert recipe.updates == 60 * (1 + 2)  # after_update follows every optimizer step of every phase
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):

@@ -23,6 +23,9 @@ class ToyRecipe:
     def ema_module(self):
         return "student"
 
+    def after_update(self, phase, step):
+        self.updates = getattr(self, "updates", 0) + 1
+
     def loss(self, batch, phase, step, generator):
         noise = 0.01 * torch.randn(batch.shape[0], 2, generator=generator)
         if phase == "fit":
