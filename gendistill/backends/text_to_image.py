@@ -125,6 +125,25 @@ class TextToImageModel:
         pos, neg = self.pipe.encode_prompt(prompt, device, num_images, True, negative_prompt)
         return TextCondition(pos), TextCondition(neg)
 
+    def encode_batch(self, prompts: list[str]) -> tuple[TextCondition, TextCondition]:
+        """(conditional, empty-prompt) conditions for a batch of different prompts, one row each."""
+        if self.family == "vp" and getattr(self.pipe, "text_encoder_2", None) is None:
+            pos, neg = self.pipe.encode_prompt(prompts, self.network.device, 1, True, None)
+            return TextCondition(pos), TextCondition(neg)
+        conds = [self.encode(p, None, 1) for p in prompts]
+        return TextCondition.concat([c for c, _ in conds]), TextCondition.concat([u for _, u in conds])
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Images in [0, 1] to pipeline latents (a sample of the VAE posterior, times the scaling factor)."""
+        vae = self.pipe.vae
+        dist = vae.encode((images * 2 - 1).to(device=vae.device, dtype=vae.dtype)).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype)
+        latents = dist.mean + dist.std * noise
+        if getattr(vae.config, "shift_factor", None) is not None and self.family == "flow":
+            latents = latents - vae.config.shift_factor
+        return latents * vae.config.scaling_factor
+
     def _encode_sdxl(self, prompt, negative_prompt, num_images, device):
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt, device=device, num_images_per_prompt=num_images, do_classifier_free_guidance=True,

@@ -31,6 +31,18 @@ class TextCondition:
         """Stack two conditions along the batch (e.g. unconditional then conditional for CFG)."""
         return TextCondition(*(_cat_optional(a, b) for a, b in zip(_fields(self), _fields(other))))
 
+    @staticmethod
+    def concat(conds: list[TextCondition]) -> TextCondition:
+        """Stack many conditions along the batch."""
+        out = conds[0]
+        for c in conds[1:]:
+            out = out.cat(c)
+        return out
+
+    def row(self, i: int) -> TextCondition:
+        """Row ``i`` as a batch of one."""
+        return TextCondition(*(None if t is None else t[i:i + 1] for t in _fields(self)))
+
     def repeat(self, n: int) -> TextCondition:
         """Repeat each row ``n`` times (row i becomes rows i*n .. i*n+n-1), like ``num_images_per_prompt``."""
         return TextCondition(*(None if t is None else t.repeat_interleave(n, dim=0) for t in _fields(self)))

@@ -1,0 +1,50 @@
+"""Save a trained student as a diffusers folder that stock pipelines sample at the trained timesteps.
+
+Consistency-style students (DMD2, LCM) get an ``LCMScheduler`` whose ``original_inference_steps`` makes
+``num_inference_steps=K`` visit ``LCMSchedule(ac, S).timesteps(K)``; progressive students get a trailing
+``DDIMScheduler`` that lands on sigma 0. Text encoder, tokenizer and VAE are the teacher's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StudentSampling:
+    """How the exported student is meant to be sampled."""
+
+    kind: Literal["lcm", "ddim"]
+    """lcm: consistency sampling (DMD2, LCM); ddim: deterministic DDIM (progressive)."""
+    original_steps: int = 50
+    """LCM only: the grid the K inference timesteps are taken from."""
+    timestep_scaling: float = 10.0
+    """LCM only: the boundary-condition scaling the student was trained with."""
+
+
+def student_scheduler(teacher_scheduler_config: dict, sampling: StudentSampling):
+    """A diffusers scheduler with the teacher's noise schedule and the student's sampling rule."""
+    from diffusers import DDIMScheduler, LCMScheduler
+
+    base = {k: v for k, v in teacher_scheduler_config.items() if not k.startswith("_")}
+    common = dict(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+    if sampling.kind == "lcm":
+        return LCMScheduler.from_config(base, **common, original_inference_steps=sampling.original_steps,
+                                        timestep_scaling=sampling.timestep_scaling)
+    if sampling.kind == "ddim":
+        return DDIMScheduler.from_config(base, **common)
+    raise ValueError(f"unknown student sampling {sampling.kind!r}; choose lcm or ddim")
+
+
+def export_student(teacher_pipe, student_unet: nn.Module, sampling: StudentSampling, out_dir: str | Path) -> Path:
+    """Write the teacher pipeline with the student UNet and scheduler to ``out_dir`` (safetensors)."""
+    scheduler = student_scheduler(dict(teacher_pipe.scheduler.config), sampling)
+    components = {**teacher_pipe.components, "unet": student_unet, "scheduler": scheduler}
+    pipe = type(teacher_pipe)(**components)
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
