@@ -15,12 +15,21 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative ones (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from gendistill.commands import generate_cmd
+    from gendistill.commands import eval_cmd, generate_cmd
 
     parser = OneLineParser(prog="gendistill", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    for module in (generate_cmd,):
+    for module in (generate_cmd, eval_cmd):
         module.add_parser(sub)
     return parser
 

@@ -38,6 +38,15 @@ class GenerationRequest:
     karras: bool = False
     base_steps: int = 0
     base_guidance: float = 7.5
+    prompts: tuple[str, ...] | None = None
+    """One image per prompt instead of ``num_images`` of ``prompt`` (evaluation batches); no negative prompt."""
+
+    @staticmethod
+    def for_prompts(prompts, **kwargs) -> GenerationRequest:
+        """A request for one image of each prompt."""
+        prompts = tuple(prompts)
+        return GenerationRequest(prompt=prompts[0] if prompts else "", prompts=prompts, num_images=len(prompts),
+                                 **kwargs)
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,10 @@ class GenerationResult:
 
 def validate(request: GenerationRequest, has_base: bool = False) -> None:
     """Raise a UserError for any value a user could get wrong."""
-    if not request.prompt.strip():
+    if not request.prompt.strip() or (request.prompts is not None and not all(p.strip() for p in request.prompts)):
         raise UserError("prompt is empty; give a text prompt")
+    if request.prompts is not None and len(request.prompts) != request.num_images:
+        raise UserError("with a list of prompts, num_images must equal the number of prompts")
     check_choice("sampler", request.sampler, [*SAMPLERS, "auto"])
     if request.steps < 1:
         raise UserError(f"steps must be at least 1, got {request.steps}")
@@ -83,8 +94,14 @@ class CountingDenoiser:
         return self.inner(x, sigma, cond)
 
 
+def _conditions(model: TextToImageModel, request: GenerationRequest):
+    if request.prompts is not None:
+        return model.encode_batch(list(request.prompts))
+    return model.encode(request.prompt, request.negative_prompt, request.num_images)
+
+
 def guided_denoiser(model: TextToImageModel, request: GenerationRequest, guidance: float):
-    cond, uncond = model.encode(request.prompt, request.negative_prompt, request.num_images)
+    cond, uncond = _conditions(model, request)
     counter = CountingDenoiser(model.denoiser(guidance, request.num_images), request.num_images)
     cfg_scale = 1.0 if model.embeds_guidance else guidance  # the UNet already applies the scale
     return CFGDenoiser(counter, uncond, cfg_scale, request.guidance_rescale), cond, counter

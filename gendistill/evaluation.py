@@ -1,0 +1,116 @@
+"""Measure a text-to-image model on the shapes world: sample every prompt, classify, compare with renders.
+
+The same function serves ``gendistill eval``, the trainer's periodic evaluation, and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from gendistill.backends.text_to_image import TextToImageModel
+from gendistill.domains.shapes import all_scenes, caption
+from gendistill.domains.shapes.classifier import ShapeClassifier, load_classifier
+from gendistill.domains.shapes.metrics import ImageQuality, ReferenceStats, cached_reference_stats, evaluate_images
+from gendistill.errors import UserError
+from gendistill.generation import GenerationRequest, generate
+
+CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-classifier"
+
+
+@dataclass(frozen=True)
+class ModelQuality:
+    """Quality and cost of one sampling setting."""
+
+    steps: int
+    sampler: str
+    guidance: float
+    base_steps: int
+    prompt_accuracy: float
+    shape_accuracy: float
+    colour_accuracy: float
+    fid: float
+    diversity: float
+    nfe: float
+    images_per_second: float
+    ms_per_image: float
+    num_images: int
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ShapesEvaluator:
+    """The classifier and its reference statistics, loaded once."""
+
+    classifier: ShapeClassifier
+    reference: ReferenceStats
+
+    @staticmethod
+    def load(classifier_dir: str | Path = CLASSIFIER_DIR, n_per_scene: int = 16) -> ShapesEvaluator:
+        classifier = load_classifier(classifier_dir)  # its folder also holds the cached reference statistics
+        return ShapesEvaluator(classifier, cached_reference_stats(classifier, classifier_dir, n_per_scene))
+
+    def score(self, images: torch.Tensor, scenes) -> ImageQuality:
+        return evaluate_images(self.classifier, images, scenes, self.reference)
+
+
+def format_table(rows: list[ModelQuality], label: str = "") -> str:
+    """A markdown table of quality rows."""
+    head = "| model | steps | sampler | guidance | NFE | prompt acc | shape acc | colour acc | FID | diversity | ms/image |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        steps = f"{r.base_steps}+{r.steps}" if r.base_steps else str(r.steps)
+        lines.append(f"| {label} | {steps} | {r.sampler} | {r.guidance:g} | {r.nfe:g} | {r.prompt_accuracy:.3f} | "
+                     f"{r.shape_accuracy:.3f} | {r.colour_accuracy:.3f} | {r.fid:.2f} | {r.diversity:.3f} | "
+                     f"{r.ms_per_image:.1f} |")
+    return "\n".join(lines)
+
+
+def default_guidance(model: TextToImageModel, folder: str | Path) -> float:
+    """The guidance a model is meant to be sampled with: its ``gendistill.json`` says, else 0 for
+    consistency students (LCMScheduler) and 5 for everything else."""
+    import json
+
+    meta = Path(folder) / "gendistill.json"
+    if meta.is_file():
+        return float(json.loads(meta.read_text()).get("guidance", 5.0))
+    return 0.0 if model.default_sampler() == "consistency" else 5.0
+
+
+def evaluation_scenes(num_samples: int) -> list:
+    """``num_samples`` scenes cycling through all 40 (shape, colour) pairs, so each prompt gets several seeds."""
+    if num_samples < 2:
+        raise UserError(f"num-samples must be at least 2, got {num_samples}")
+    scenes = all_scenes()
+    return [scenes[i % len(scenes)] for i in range(num_samples)]
+
+
+@torch.inference_mode()
+def evaluate_model(model: TextToImageModel, evaluator: ShapesEvaluator, steps: int, sampler: str = "auto",
+                   guidance: float = 5.0, num_samples: int = 160, seed: int = 0, batch_size: int = 80,
+                   base: TextToImageModel | None = None, base_steps: int = 0, base_guidance: float = 5.0,
+                   images_out: list | None = None) -> ModelQuality:
+    """Sample ``num_samples`` images over all prompts and score them; optionally keep the images."""
+    sampler = model.default_sampler() if sampler == "auto" else sampler
+    scenes = evaluation_scenes(num_samples)
+    images, nfe, seconds = [], 0.0, 0.0
+    for start in range(0, num_samples, batch_size):
+        chunk = scenes[start:start + batch_size]
+        request = GenerationRequest.for_prompts([caption(s) for s in chunk], steps=steps, sampler=sampler,
+                                                guidance=guidance, seed=seed + start, base_steps=base_steps,
+                                                base_guidance=base_guidance)
+        result = generate(model, request, base, progress=False)
+        images.append(result.images.cpu())
+        nfe, seconds = result.nfe, seconds + result.seconds
+    images = torch.cat(images)
+    if images_out is not None:
+        images_out.append(images)
+    quality = evaluator.score(images, scenes)
+    return ModelQuality(steps, sampler, guidance, base_steps, quality.prompt_accuracy, quality.shape_accuracy,
+                        quality.colour_accuracy, quality.fid, quality.diversity, nfe, num_samples / seconds,
+                        1000 * seconds / num_samples, num_samples)
