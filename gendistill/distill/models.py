@@ -51,8 +51,10 @@ class TeacherStudent:
         self.student_unet.train().requires_grad_(True)
         self.alphas_cumprod = alphas_cumprod
         self.prediction = prediction
-        cfg = teacher_unet.config
-        self.latent_shape = latent_shape or (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        if latent_shape is None:
+            cfg = teacher_unet.config
+            latent_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        self.latent_shape = latent_shape
 
     @property
     def train_sigmas(self) -> Tensor:
