@@ -41,7 +41,10 @@ def final_sample(steps: Iterator[SamplerStep]) -> Tensor:
 
 
 def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Noise drawn on the generator's device, then moved (as diffusers' randn_tensor does, so a CPU
+    generator gives the same numbers whatever device the latents are on)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def _pairs(sigmas: Tensor):
