@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gendistill.errors import UserError
+from gendistill.errors import RunStopped, UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,11 +25,11 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gendistill.commands import eval_cmd, generate_cmd
+    from gendistill.commands import distill_cmd, eval_cmd, generate_cmd
 
     parser = OneLineParser(prog="gendistill", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    for module in (generate_cmd, eval_cmd):
+    for module in (generate_cmd, eval_cmd, distill_cmd):
         module.add_parser(sub)
     return parser
 
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

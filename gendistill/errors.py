@@ -5,6 +5,10 @@ class UserError(Exception):
     """A mistake in the user's input: the message says what was wrong and what is allowed."""
 
 
+class RunStopped(Exception):
+    """A long run stopped on purpose (e.g. a NaN loss): one line on stderr, exit code 1, outputs kept."""
+
+
 def check_choice(name: str, value: str, choices) -> str:
     """Return ``value`` if it is one of ``choices``, else raise a UserError listing them."""
     if value not in choices:

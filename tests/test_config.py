@@ -90,3 +90,15 @@ def test_bad_literal_and_missing_file(tmp_path):
         load_config(Run, tmp_path / "missing.yaml")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(Run, write(tmp_path, "a: [1,"))
+
+
+def test_yes_and_no_stay_strings():
+    @dataclass
+    class Precision:
+        mode: Literal["no", "bf16"] = "bf16"
+        """Mode."""
+        flag: bool = False
+        """A flag."""
+
+    cfg = load_config(Precision, None, ["mode=no", "flag=true"])
+    assert cfg.mode == "no" and cfg.flag is True

@@ -95,3 +95,24 @@ def tiny_sd3_pipeline(seed: int = 0, shift: float = 3.0):
         text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sdxl_pipeline(folder: Path | None = None, seed: int = 0):
+    """A StableDiffusionXLPipeline with tiny random weights (two text encoders, text_time micro-conditioning)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = tiny_tokenizer(Path(scratch))
+    encoder_1 = tiny_text_encoder(len(tokenizer))
+    encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder(len(tokenizer)).config)
+    unet = tiny_unet(cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=32 + 6 * 8)
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=encoder_1, text_encoder_2=encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                     scheduler=EulerDiscreteScheduler.from_config(SD_SCHEDULER))
+    pipe.set_progress_bar_config(disable=True)
+    if folder is not None:
+        pipe.save_pretrained(folder)
+    return pipe

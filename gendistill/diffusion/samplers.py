@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from gendistill.diffusion.denoiser import Denoiser
+from gendistill.diffusion.denoiser import Denoiser, expand_sigma
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,16 @@ def sample_euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, cond=None, *, et
         if eta > 0:
             x = x + sigma_up * _noise_like(x, generator)
         yield SamplerStep(i, x, sigma_next, denoised)
+
+
+def ddim_step(denoiser: Denoiser, x: Tensor, sigma, sigma_next, cond=None) -> Tensor:
+    """One deterministic DDIM (= Euler) step with per-sample sigmas (scalars or (B,)):
+    ``x0_hat + (x - x0_hat) * sigma_next / sigma``, the update ``sample_euler`` makes with eta = 0.
+    Recipes use it for teacher solves where each sample sits at its own noise level."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    x0 = denoiser(x, sigma, cond)
+    ratio = expand_sigma(torch.as_tensor(sigma_next, dtype=x.dtype, device=x.device), x) / expand_sigma(sigma, x)
+    return x0 + (x - x0) * ratio
 
 
 def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, cond=None, *,

@@ -1,14 +1,17 @@
 """Batches for step distillation: prompts encoded by the teacher's frozen text encoder, plus real latents.
 
-Two sources: the shapes world (captions and renders, encoded once per caption and per batch), and a plain
-list of prompts (for Stable Diffusion teachers, where recipes that need real data take an image folder).
+Three sources: the shapes world (captions and renders), a folder of captioned images, and a plain list of
+prompts (no real data: enough for DMD2 without its GAN term, and for progressive with teacher data).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.diffusion.denoiser import TextCondition
@@ -48,8 +51,47 @@ class ShapesBatches:
 
         shapes = make_batch(self.batch_size, generator, view_phrase_prob=self.view_phrase_prob)
         cond, uncond = self.encode(list(shapes.captions))
-        latents = self.model.encode_images(shapes.images, generator) if self.with_latents else None
+        latents = None
+        if self.with_latents:
+            images = F.interpolate(shapes.images, size=self.model.image_size(), mode="area")  # tiny test models
+            latents = self.model.encode_images(images, generator)
         return DistillBatch(list(shapes.captions), cond, uncond, latents)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class ImageFolderBatches:
+    """``batch_fn`` over a folder of images with same-named ``.txt`` captions (``cat.png`` + ``cat.txt``),
+    centre-cropped and resized to the teacher's resolution, encoded to real latents."""
+
+    def __init__(self, model: TextToImageModel, folder: str | Path, batch_size: int):
+        folder = Path(folder)
+        self.items = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                            and p.with_suffix(".txt").is_file()) if folder.is_dir() else []
+        if not self.items:
+            raise UserError(f"no captioned images in {folder}: expected image files with same-named .txt captions")
+        self.model, self.batch_size = model, batch_size
+        self.encode = CachedPromptEncoder(model)
+
+    def __call__(self, step: int, generator: torch.Generator) -> DistillBatch:
+        picks = torch.randint(len(self.items), (self.batch_size,), generator=generator).tolist()
+        paths = [self.items[i] for i in picks]
+        prompts = [p.with_suffix(".txt").read_text().strip() for p in paths]
+        images = torch.stack([load_square_image(p, self.model.image_size()[0]) for p in paths])
+        cond, uncond = self.encode(prompts)
+        return DistillBatch(prompts, cond, uncond, self.model.encode_images(images, generator))
+
+
+def load_square_image(path: Path, size: int) -> torch.Tensor:
+    """An RGB image centre-cropped to a square and resized to ``size``, (3, size, size) in [0, 1]."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
 
 
 class PromptListBatches:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from gendistill.diffusion.adapters import VPDenoiser
 from gendistill.diffusion.denoiser import Denoiser, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
-from gendistill.diffusion.samplers import initial_scale
+from gendistill.diffusion.samplers import ddim_step, initial_scale
 from gendistill.diffusion.schedules import DiscreteVPSchedule
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.errors import UserError
@@ -118,15 +118,6 @@ def stage_grids(alphas_cumprod: Tensor, n: int) -> StageGrids:
 
 
 # --- the target ------------------------------------------------------------------------------------
-
-
-def ddim_step(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, cond=None) -> Tensor:
-    """One deterministic DDIM step in canonical units, per-sample sigmas (scalar or (B,)) allowed:
-    ``x_next = x0_hat + (x - x0_hat) * sigma_next / sigma`` (what ``sample_euler`` does with eta = 0)."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    x0 = denoiser(x, sigma, cond)
-    ratio = expand_sigma(torch.as_tensor(sigma_next, dtype=x.dtype, device=x.device), x) / expand_sigma(sigma, x)
-    return x0 + (x - x0) * ratio
 
 
 def solve_x0_target(x: Tensor, x_next: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:

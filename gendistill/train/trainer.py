@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from gendistill.errors import UserError
+from gendistill.errors import RunStopped, UserError
 from gendistill.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.ema import EMA
@@ -30,7 +30,7 @@ BatchFn = Callable[[int, torch.Generator], Any]
 EvalFn = Callable[[int], dict[str, float]]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunStopped):
     """A loss became NaN or infinite; the message names the step, phase and last good checkpoint."""
 
 

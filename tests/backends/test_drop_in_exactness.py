@@ -76,3 +76,13 @@ def test_ddim_matches_zero_terminal_snr_trailing(tmp_path):
     request = GenerationRequest("a red sphere", sampler="ddim", steps=4, guidance=3.0, seed=8)
     expected = stock_latents(pipe, DDIMScheduler, request)
     assert (ours(pipe, request) - expected).abs().max().item() <= 5e-3
+
+
+def test_sdxl_pipeline_matches_with_pooled_text_and_time_ids():
+    from tiny_pipelines import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline(seed=3)
+    request = GenerationRequest("a red cube", sampler="euler", steps=4, guidance=5.0, seed=1)
+    stock = pipe(request.prompt, num_inference_steps=4, guidance_scale=5.0, height=16, width=16,
+                 generator=torch.Generator().manual_seed(1), output_type="latent").images
+    assert (ours(pipe, request) - stock).abs().max().item() <= TOL

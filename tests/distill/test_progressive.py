@@ -11,10 +11,11 @@ from gendistill.config import from_dict
 from gendistill.diffusion.denoiser import TextCondition
 from gendistill.diffusion.gmm import GaussianMixture, GaussianMixtureDenoiser
 from gendistill.diffusion.samplers import initial_scale, sample_euler
+from gendistill.diffusion.samplers import ddim_step
 from gendistill.diffusion.schedules import vp_sigmas_from_alphas_cumprod
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.distill.progressive import (
-    ProgressiveConfig, ProgressiveRecipe, ddim_step, solve_x0_target, stage_grids, teacher_start,
+    ProgressiveConfig, ProgressiveRecipe, solve_x0_target, stage_grids, teacher_start,
     two_step_target, weighted_error,
 )
 from gendistill.errors import UserError

@@ -1,0 +1,71 @@
+"""The configuration of a ``gendistill distill`` run (YAML files in configs/ load into it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gendistill.distill.consistency import LCMConfig
+from gendistill.distill.dmd import DMD2Config
+from gendistill.distill.progressive import ProgressiveConfig
+from gendistill.train.config import OptimizerConfig, TrainerConfig
+
+
+@dataclass
+class DataConfig:
+    """Where training prompts (and real latents) come from."""
+
+    source: Literal["shapes", "prompts", "images"] = "shapes"
+    """shapes: the embedded world's captions and renders; prompts: lines of ``prompts_file`` (no images);
+    images: ``image_folder`` of pictures with same-named .txt captions."""
+    prompts_file: str | None = None
+    """A text file with one prompt per line (source "prompts")."""
+    image_folder: str | None = None
+    """A folder of images with same-named .txt captions (source "images")."""
+    batch_size: int = 16
+    """Prompts per micro-batch."""
+    with_latents: bool = True
+    """Encode renders to real latents (recipes that use data: LCM, progressive, DMD2's GAN term)."""
+    view_phrase_prob: float = 0.5
+    """Share of shapes captions that carry a view phrase ("..., front view")."""
+
+
+@dataclass
+class EvalConfig:
+    """What is measured during training and in the final teacher-vs-student table (shapes world only)."""
+
+    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """Student step counts in the final table (those the student cannot take are skipped)."""
+    teacher_steps: list[int] = field(default_factory=lambda: [50, 4, 1])
+    """Teacher step counts in the final table."""
+    teacher_guidance: float | None = None
+    """Teacher guidance in the table (None: the teacher folder's default)."""
+    student_guidance: float | None = None
+    """Student guidance (None: 0, or the recipe's scale for a w-embedding student)."""
+    num_samples: int = 120
+    """Images per row of the final table (spread over all 40 prompts)."""
+    during_training_samples: int = 40
+    """Images per evaluation during training (0: no evaluation during training)."""
+    grid_prompts: int = 8
+    """Prompts in the teacher-vs-student grid."""
+
+
+@dataclass
+class DistillConfig:
+    """A step-distillation run: the teacher, the recipe, the loop, the data and the evaluation."""
+
+    teacher: str = "assets/shapes-teacher"
+    """Diffusers folder or hub id of the teacher."""
+    recipe: DMD2Config | LCMConfig | ProgressiveConfig = field(default_factory=DMD2Config)
+    """The recipe; ``kind:`` picks dmd2, lcm or progressive."""
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
+        steps=300, ema_decay=None, checkpoint_every=100, eval_every=100,
+        optimizers={"generator": OptimizerConfig(lr=1e-5), "fake_score": OptimizerConfig(lr=1e-5)}))
+    """Loop settings; ``optimizers`` is keyed by phase (dmd2: generator, fake_score; lcm and
+    progressive: student)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    device: str = "auto"
+    """torch device; auto picks cuda when available."""

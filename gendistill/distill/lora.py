@@ -1,0 +1,109 @@
+"""LoRA students for LCM-LoRA (Luo et al. 2023, "LCM-LoRA: A Universal Stable-Diffusion Acceleration Module").
+
+The student is a copy of the teacher UNet with peft LoRA adapters injected in place (diffusers'
+``add_adapter``), so its forward signature, ``config`` and the denoiser adapters are those of a plain UNet.
+Only the adapters train. Two ways out:
+
+- ``save_lora``: a ``pytorch_lora_weights.safetensors`` that stock ``pipe.load_lora_weights(folder)`` applies to
+  the TEACHER pipeline, giving the trained student exactly (rank and alpha travel in the file's metadata);
+- ``merge_lora``: a plain ``UNet2DConditionModel`` with the adapters folded into the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+LCM_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+)
+"""The modules LCM-LoRA adapts: attention and feed-forward projections, and also the resnet convolutions,
+resamplers and time-embedding projections (diffusers' ``train_lcm_distill_lora_*`` scripts). The convolutions
+matter: a few-step student must change how noise levels are handled, not only what attends to what."""
+
+ADAPTER = "default"
+"""peft's adapter name for the student's one adapter."""
+
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+"""The file name diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` looks for."""
+
+
+def lora_student(teacher_unet: nn.Module, rank: int, alpha: float | None = None,
+                 targets: tuple[str, ...] = LCM_LORA_TARGETS) -> nn.Module:
+    """A copy of ``teacher_unet`` with rank-``rank`` LoRA adapters on ``targets``; only the adapters train.
+
+    The adapters start as peft's default (A random, B zero), so the student starts equal to the teacher.
+    ``alpha`` (None: equal to ``rank``) sets the adapters' scale ``alpha / rank``.
+    """
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    student = copy.deepcopy(teacher_unet).requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets),
+                        lora_dropout=0.0, init_lora_weights=True)
+    student.add_adapter(config, adapter_name=ADAPTER)
+    mark_only_lora_trainable(student)
+    return student
+
+
+def is_lora_parameter(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def has_lora(unet: nn.Module) -> bool:
+    return any(is_lora_parameter(name) for name, _ in unet.named_parameters())
+
+
+def mark_only_lora_trainable(unet: nn.Module) -> list[nn.Parameter]:
+    """Freeze everything but the LoRA adapters; return the adapters' parameters (the optimiser's list)."""
+    trainable = []
+    for name, param in unet.named_parameters():
+        param.requires_grad_(is_lora_parameter(name))
+        if param.requires_grad:
+            trainable.append(param)
+    if not trainable:
+        raise ValueError("this UNet has no LoRA adapters (build it with lora_student)")
+    return trainable
+
+
+def lora_state_dict(student_unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' weights in peft's key format (``...to_q.lora_A.weight``), on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(student_unet, adapter_name=ADAPTER)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_lora(student_unet: nn.Module, out_dir: str | Path) -> Path:
+    """Write the student's adapters where ``StableDiffusionPipeline.load_lora_weights(out_dir)`` finds them.
+
+    Two details make the loaded LoRA equal the trained one:
+
+    - the adapter's LoraConfig (rank, ``lora_alpha``, targets) is stored as the file's adapter metadata, so
+      diffusers rebuilds the same ``alpha / rank`` scale instead of assuming alpha = rank;
+    - the keys stay in peft's format. ``convert_state_dict_to_diffusers`` renames only the attention
+      projections (``to_q.lora.down``) and leaves conv/ff/proj keys as ``lora_A``; on diffusers 0.42
+      ``load_lora_weights`` decides the format from the first key of such a mixed dict and silently drops
+      the others. Unconverted peft keys are what ``UNet2DConditionModel.save_lora_adapter`` writes, and
+      what the loader takes as they are.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    metadata = student_unet.peft_config[ADAPTER].to_dict()
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=lora_state_dict(student_unet),
+                                              unet_lora_adapter_metadata=metadata)
+    return Path(out_dir) / LORA_WEIGHTS_FILE
+
+
+def merge_lora(student_unet: nn.Module) -> nn.Module:
+    """A plain copy of the student's UNet class with the adapters folded into its weights (the student
+    itself is untouched); its state dict has the teacher's keys, so ``save_pretrained`` writes a full UNet."""
+    merged = copy.deepcopy(student_unet)
+    merged.fuse_lora(lora_scale=1.0)
+    merged.unload_lora()
+    return merged.eval().requires_grad_(False)

@@ -1,0 +1,114 @@
+"""``gendistill distill``: train a few-step student from a diffusers teacher and export it for diffusers.
+
+The output folder gets ``pipeline/`` (the student, loadable by stock diffusers), ``metrics.json`` and the
+teacher-vs-student table, ``grid.png`` (teacher and student on the same seeds and prompts),
+``curves.png`` (losses and quality over training), ``config.yaml`` (the resolved config) and
+``checkpoints/`` (for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gendistill.backends.loading import load_pipeline
+from gendistill.backends.text_to_image import TextToImageModel
+from gendistill.config import save_config
+from gendistill.distill.config import DistillConfig
+from gendistill.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
+from gendistill.distill.export import export_student, student_scheduler
+from gendistill.distill.recipes import BoundRecipe, bind_recipe
+from gendistill.distill.report import DistillReport, final_report
+from gendistill.errors import UserError
+from gendistill.render.plots import plot_curves
+from gendistill.train.trainer import Trainer, step_generator
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    out_dir: Path
+    pipeline: Path
+    train_seconds: float
+    report: DistillReport | None
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def make_batches(config: DistillConfig, teacher: TextToImageModel):
+    data = config.data
+    if data.source == "shapes":
+        return ShapesBatches(teacher, data.batch_size, data.with_latents, data.view_phrase_prob)
+    if data.source == "images":
+        return ImageFolderBatches(teacher, data.image_folder or "", data.batch_size)
+    if not data.prompts_file or not Path(data.prompts_file).is_file():
+        raise UserError(f"data.prompts_file {data.prompts_file!r} does not exist (needed by data.source 'prompts')")
+    prompts = [line.strip() for line in Path(data.prompts_file).read_text().splitlines() if line.strip()]
+    return PromptListBatches(teacher, prompts, data.batch_size)
+
+
+def student_model(teacher: TextToImageModel, bound: BoundRecipe, unet) -> TextToImageModel:
+    """The teacher pipeline with the student UNet and scheduler, in memory (for evaluation)."""
+    pipe = teacher.pipe
+    scheduler = student_scheduler(dict(pipe.scheduler.config), bound.sampling)
+    return TextToImageModel(type(pipe)(**{**pipe.components, "unet": unet, "scheduler": scheduler}))
+
+
+def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> DistillResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    teacher = TextToImageModel(load_pipeline(config.teacher, device=pick_device(config.device)))
+    if teacher.family != "vp":
+        raise UserError("step distillation needs a UNet teacher (Stable Diffusion 1.x/2.x/XL-style)")
+    batches = make_batches(config, teacher)
+    bound = bind_recipe(config.recipe, teacher.pipe.unet, teacher.alphas_cumprod,
+                        teacher.config.get("prediction_type", "epsilon"),
+                        lambda: batches(0, step_generator(config.trainer.seed, -1)))
+    eval_fn = _eval_fn(config, teacher, bound) if _evaluates(config) else None
+    trainer = Trainer(bound.recipe, config.trainer, out_dir, batches, eval_fn, progress=progress)
+    result = trainer.fit(resume=resume)
+    weights = trainer.ema.shadow if trainer.ema is not None else None
+    pipeline = export_student(teacher.pipe, bound.export_unet(weights), bound.sampling, out_dir / "pipeline")
+    _write_model_meta(pipeline, config, bound, result.seconds)
+    plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
+    report = None
+    if config.data.source == "shapes":
+        student = TextToImageModel(load_pipeline(str(pipeline), device=pick_device(config.device)))
+        report = final_report(config, teacher, student, bound, out_dir, result.seconds)
+    return DistillResult(out_dir, pipeline, result.seconds, report)
+
+
+def _evaluates(config: DistillConfig) -> bool:
+    return config.data.source == "shapes" and config.eval.during_training_samples >= 2
+
+
+def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe):
+    from gendistill.evaluation import ShapesEvaluator, evaluate_model
+
+    evaluator = ShapesEvaluator.load()
+
+    def evaluate(step: int) -> dict[str, float]:
+        bound.student_unet.eval()
+        model = student_model(teacher, bound, bound.export_unet())
+        q = evaluate_model(model, evaluator, bound.default_steps, "auto", bound.guidance,
+                           config.eval.during_training_samples, seed=10_000)
+        bound.student_unet.train()
+        return {"prompt_accuracy": q.prompt_accuracy, "fid": q.fid, "diversity": q.diversity}
+
+    return evaluate
+
+
+def _write_model_meta(pipeline: Path, config: DistillConfig, bound: BoundRecipe, seconds: float) -> None:
+    """``gendistill.json`` beside the diffusers files: how to sample this student (read by eval/demo)."""
+    meta = {"recipe": config.recipe.KIND, "steps": bound.default_steps, "max_steps": bound.max_steps,
+            "guidance": bound.guidance, "teacher": config.teacher, "train_seconds": round(seconds, 1),
+            "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (pipeline / "gendistill.json").write_text(json.dumps(meta, indent=2))
