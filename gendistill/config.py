@@ -115,8 +115,18 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         name = _join(where, unknown[0])
         raise UserError(f"unknown config key {name!r}; valid keys here: {', '.join(sorted(fields))}")
-    values = {name: _convert(hints[name], data[name], _join(where, name)) for name in data}
+    values = {name: _convert(hints[name], _with_default_kind(fields[name], data[name]), _join(where, name))
+              for name in data}
     return cls(**values)
+
+
+def _with_default_kind(field: dataclasses.Field, value):
+    """A variant section without ``kind:`` keeps the variant of the field's default."""
+    if not isinstance(value, dict) or "kind" in value:
+        return value
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    kind = getattr(type(default), "KIND", None)
+    return {"kind": kind, **value} if kind else value
 
 
 def _join(where: str, key: str) -> str:

@@ -102,3 +102,8 @@ def test_yes_and_no_stay_strings():
 
     cfg = load_config(Precision, None, ["mode=no", "flag=true"])
     assert cfg.mode == "no" and cfg.flag is True
+
+
+def test_variant_section_without_kind_keeps_the_default_variant():
+    cfg = load_config(Run, None, ["recipe.fake_updates=7"])
+    assert isinstance(cfg.recipe, DMD) and cfg.recipe.fake_updates == 7

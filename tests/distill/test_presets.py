@@ -4,6 +4,7 @@ writes a student that stock diffusers loads."""
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
@@ -51,3 +52,29 @@ def test_preset_runs_two_steps_on_tiny_components(preset, tiny_teachers, tmp_pat
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"
     if config.data.source == "shapes":
         assert (tmp_path / "metrics.json").is_file() and (tmp_path / "grid.png").is_file()
+
+
+def test_killed_and_resumed_distillation_ends_with_the_same_student(tiny_teachers, tmp_path):
+    from safetensors.torch import load_file
+
+    preset = Path(__file__).parents[2] / "configs" / "distill" / "sd15-dmd2.yaml"
+    overrides = tiny_overrides(preset, tiny_teachers) + ["trainer.steps=3", "trainer.ema_decay=0.9",
+                                                         "recipe.fake_updates=2"]
+    straight = run_distill(load_config(DistillConfig, preset, overrides), tmp_path / "a", progress=False)
+    killed = load_config(DistillConfig, preset, overrides[:-3] + ["trainer.steps=2", "trainer.ema_decay=0.9",
+                                                                   "recipe.fake_updates=2"])
+    run_distill(killed, tmp_path / "b", progress=False)  # stops after step 2, as if killed there
+    resumed = run_distill(load_config(DistillConfig, preset, overrides), tmp_path / "b", resume=True, progress=False)
+    a = load_file(straight.pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed.pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_key_and_wrong_type_fail_before_any_work(tmp_path, capsys):
+    from gendistill.cli import main
+
+    assert main(["distill", "--set", "trainer.stepz=3", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown config key 'trainer.stepz'" in capsys.readouterr().err
+    assert main(["distill", "--set", "recipe.fake_updates=many", "--out", str(tmp_path / "y")]) == 2
+    assert "recipe.fake_updates must be an int" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
