@@ -5,7 +5,6 @@ The same function serves ``gendistill eval``, the trainer's periodic evaluation,
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,11 +58,11 @@ class ShapesEvaluator:
         return evaluate_images(self.classifier, images, scenes, self.reference)
 
 
-def format_table(rows: list[ModelQuality], label: str = "") -> str:
-    """A markdown table of quality rows."""
+def format_table(rows: list[tuple[str, ModelQuality]]) -> str:
+    """A markdown table of (label, quality) rows."""
     head = "| model | steps | sampler | guidance | NFE | prompt acc | shape acc | colour acc | FID | diversity | ms/image |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
+    for label, r in rows:
         steps = f"{r.base_steps}+{r.steps}" if r.base_steps else str(r.steps)
         lines.append(f"| {label} | {steps} | {r.sampler} | {r.guidance:g} | {r.nfe:g} | {r.prompt_accuracy:.3f} | "
                      f"{r.shape_accuracy:.3f} | {r.colour_accuracy:.3f} | {r.fid:.2f} | {r.diversity:.3f} | "

@@ -39,7 +39,7 @@ def run(args) -> int:
     evaluator = ShapesEvaluator.load()
     rows = [evaluate_model(model, evaluator, steps, args.sampler, guidance, args.num_samples, args.seed,
                            base=base, base_steps=args.base_steps) for steps in args.steps]
-    print(format_table(rows, Path(args.model).name))
+    print(format_table([(Path(args.model).name, r) for r in rows]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": args.model, "rows": [asdict(r) for r in rows]}, indent=2))

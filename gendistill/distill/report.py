@@ -22,9 +22,7 @@ class DistillReport:
     train_seconds: float
 
     def markdown(self) -> str:
-        table = format_table(self.teacher, "teacher")
-        student = format_table(self.student, "student").splitlines()[2:]
-        return "\n".join([table, *student])
+        return format_table([("teacher", r) for r in self.teacher] + [("student", r) for r in self.student])
 
 
 def final_report(config, teacher: TextToImageModel, student: TextToImageModel, bound, out_dir: Path,
