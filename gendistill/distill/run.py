@@ -24,6 +24,7 @@ from gendistill.distill.export import export_student, student_scheduler
 from gendistill.distill.recipes import BoundRecipe, bind_recipe
 from gendistill.distill.report import DistillReport, final_report
 from gendistill.errors import UserError
+from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
 from gendistill.train.trainer import Trainer, step_generator
 
@@ -72,7 +73,7 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
     bound = bind_recipe(config.recipe, teacher.pipe.unet, teacher.alphas_cumprod,
                         teacher.config.get("prediction_type", "epsilon"),
                         lambda: batches(0, step_generator(config.trainer.seed, -1)))
-    eval_fn = _eval_fn(config, teacher, bound) if _evaluates(config) else None
+    eval_fn = _eval_fn(config, teacher, bound, out_dir / "samples") if _evaluates(config) else None
     trainer = Trainer(bound.recipe, config.trainer, out_dir, batches, eval_fn, progress=progress)
     result = trainer.fit(resume=resume)
     weights = trainer.ema.shadow if trainer.ema is not None else None
@@ -90,7 +91,8 @@ def _evaluates(config: DistillConfig) -> bool:
     return config.data.source == "shapes" and config.eval.during_training_samples >= 2
 
 
-def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe):
+def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, samples_dir: Path):
+    """Quality of the current student, plus a grid of its samples in samples_dir/step-NNNNNNN.png."""
     from gendistill.evaluation import ShapesEvaluator, evaluate_model
 
     evaluator = ShapesEvaluator.load()
@@ -98,8 +100,10 @@ def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecip
     def evaluate(step: int) -> dict[str, float]:
         bound.student_unet.eval()
         model = student_model(teacher, bound, bound.export_unet())
+        images: list = []
         q = evaluate_model(model, evaluator, bound.default_steps, "auto", bound.guidance,
-                           config.eval.during_training_samples, seed=10_000)
+                           config.eval.during_training_samples, seed=10_000, images_out=images)
+        save_png(make_grid(images[0][:16], columns=8), samples_dir / f"step-{step:07d}.png")
         bound.student_unet.train()
         return {"prompt_accuracy": q.prompt_accuracy, "fid": q.fid, "diversity": q.diversity}
 

@@ -78,3 +78,16 @@ def test_unknown_key_and_wrong_type_fail_before_any_work(tmp_path, capsys):
     assert main(["distill", "--set", "recipe.fake_updates=many", "--out", str(tmp_path / "y")]) == 2
     assert "recipe.fake_updates must be an int" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_evaluation_during_training_records_quality_and_sample_grids(tiny_teachers, tmp_path):
+    import json
+
+    preset = Path(__file__).parents[2] / "configs" / "distill" / "shapes-dmd2.yaml"
+    overrides = tiny_overrides(preset, tiny_teachers) + ["trainer.eval_every=1", "eval.during_training_samples=2",
+                                                         "recipe.fake_updates=1"]
+    result = run_distill(load_config(DistillConfig, preset, overrides), tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step-0000001.png", "step-0000002.png"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {r["steps"] for r in metrics["student"]} == {1} and metrics["teacher"][0]["steps"] == 2
+    assert result.report is not None and 0 <= result.report.student[0].prompt_accuracy <= 1
