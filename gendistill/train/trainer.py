@@ -162,7 +162,7 @@ class Trainer:
         if bad.item() > 0:
             last = latest_checkpoint(self.checkpoint_root)
             kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {float(loss)} at step {step + 1} in phase '{phase}'; {kept}")
+            raise TrainingDiverged(f"loss became {loss.detach().item()} at step {step + 1} in phase '{phase}'; {kept}")
 
     # --- data parallel ------------------------------------------------------------------------------
 
