@@ -45,8 +45,9 @@ def main(argv=None) -> int:
         guidance = default_guidance(student, folder)
         steps = [k for k in (1, 2, 4) if k <= meta.get("max_steps", 4)]
         rows = [evaluate_model(student, evaluator, k, "auto", guidance, args.num_samples) for k in steps]
-        rows.append(evaluate_model(student, evaluator, 1, "auto", guidance, args.num_samples, base=teacher,
-                                   base_steps=1, base_guidance=t_guidance))
+        if max(steps) > 1:  # hybrid: the teacher takes the first of the student's steps
+            rows.append(evaluate_model(student, evaluator, max(steps), "auto", guidance, args.num_samples,
+                                       base=teacher, base_steps=1, base_guidance=t_guidance))
         results["students"][folder.name] = {"train_seconds": meta.get("train_seconds"),
                                            "rows": [asdict(r) for r in rows]}
         labelled += [(folder.name, r) for r in rows]

@@ -63,7 +63,7 @@ def format_table(rows: list[tuple[str, ModelQuality]]) -> str:
     head = "| model | steps | sampler | guidance | NFE | prompt acc | shape acc | colour acc | FID | diversity | ms/image |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, r in rows:
-        steps = f"{r.base_steps}+{r.steps}" if r.base_steps else str(r.steps)
+        steps = f"{r.base_steps}+{r.steps - r.base_steps}" if r.base_steps else str(r.steps)
         lines.append(f"| {label} | {steps} | {r.sampler} | {r.guidance:g} | {r.nfe:g} | {r.prompt_accuracy:.3f} | "
                      f"{r.shape_accuracy:.3f} | {r.colour_accuracy:.3f} | {r.fid:.2f} | {r.diversity:.3f} | "
                      f"{r.ms_per_image:.1f} |")

@@ -37,6 +37,7 @@ class GenerationRequest:
     num_images: int = 1
     karras: bool = False
     base_steps: int = 0
+    """Hybrid sampling: the base model takes the first ``base_steps`` of the ``steps``, the model the rest."""
     base_guidance: float = 7.5
     prompts: tuple[str, ...] | None = None
     """One image per prompt instead of ``num_images`` of ``prompt`` (evaluation batches); no negative prompt."""
@@ -81,6 +82,8 @@ def validate(request: GenerationRequest, has_base: bool = False) -> None:
         raise UserError(f"num-images must be at least 1, got {request.num_images}")
     if request.base_steps < 0 or (request.base_steps > 0 and not has_base):
         raise UserError("base-steps needs --base-model and must be >= 0")
+    if request.base_steps >= request.steps and has_base:
+        raise UserError(f"base-steps must be less than steps ({request.steps}): the model takes the rest")
 
 
 class CountingDenoiser:
@@ -124,7 +127,7 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
     validate(request, has_base=base is not None)
     request = resolve_sampler(model, request)
     denoiser, cond, counter = guided_denoiser(model, request, request.guidance)
-    plan = model.plan(request.sampler, request.steps + request.base_steps, request.karras)
+    plan = model.plan(request.sampler, request.steps, request.karras)
     generator = torch.Generator(model.network.device).manual_seed(request.seed)
     noise = torch.randn(model.latent_shape(request.num_images), generator=generator,
                         device=model.network.device, dtype=torch.float32)
@@ -158,7 +161,7 @@ def generate(model: TextToImageModel, request: GenerationRequest, base: TextToIm
     start = time.perf_counter()
     counters: list = []
     steps, latent_scale = sample_steps(model, request, base, counters)
-    total = request.steps + request.base_steps
+    total = request.steps
     x = None
     for step in tqdm(steps, total=total, desc="sampling", disable=not progress, leave=False):
         x = step.x

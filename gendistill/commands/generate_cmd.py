@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="diffusers pipeline folder or hub id (owner/name)")
     p.add_argument("--prompt", required=True, help="text prompt")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (replaces the empty prompt in guidance)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps of --model (>= 1)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (>= 1), on --model's schedule")
     p.add_argument("--sampler", default="auto",
                    help=f"auto (follow the pipeline's scheduler) or one of: {', '.join(SAMPLERS)}. euler/ddim "
                         "reproduce diffusers' Euler/DDIM schedulers; consistency is for LCM and DMD students")
@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (diffusers' seed-to-noise convention)")
     p.add_argument("--num-images", type=int, default=4, help="images to sample (one grid)")
     p.add_argument("--base-model", default=None,
-                   help="hybrid sampling: this model runs the first --base-steps steps, --model the rest")
-    p.add_argument("--base-steps", type=int, default=0, help="steps taken by --base-model before --model")
+                   help="hybrid sampling (diversity distillation): this model (e.g. the teacher) takes the first "
+                        "--base-steps of the --steps, --model the rest")
+    p.add_argument("--base-steps", type=int, default=0, help="how many of the --steps --base-model takes")
     p.add_argument("--base-guidance", type=float, default=7.5, help="guidance scale for --base-model")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output grid PNG")

@@ -37,7 +37,7 @@ def test_hybrid_generate_counts_both_models(sd_folder, tmp_path, capsys):
     code, out, _ = run(capsys, "generate", "--model", str(sd_folder), "--base-model", str(sd_folder),
                        "--prompt", "a cube", "--base-steps", "1", "--steps", "2", "--sampler", "consistency", "--guidance", "0",
                        "--num-images", "2", "--out", str(tmp_path / "h.png"))
-    assert code == 0 and "NFE 4 per image" in out  # base: 1 guided step (2) + student: 2 steps
+    assert code == 0 and "NFE 3 per image" in out  # base: 1 guided step (2) + student: the other step (1)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -46,6 +46,7 @@ def test_hybrid_generate_counts_both_models(sd_folder, tmp_path, capsys):
     (["--guidance", "-1"], "guidance must be in [0, inf]"),
     (["--eta", "0.5", "--sampler", "heun"], "eta needs a stochastic sampler"),
     (["--base-steps", "2"], "base-steps needs --base-model"),
+    (["--base-model", ".", "--base-steps", "3", "--steps", "3"], "base-steps must be less than steps (3)"),
 ])
 def test_bad_values_are_one_line_errors(sd_folder, tmp_path, capsys, args, needle):
     code, _, err = run(capsys, "generate", "--model", str(sd_folder), "--prompt", "x", "--out",
