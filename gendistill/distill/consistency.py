@@ -34,7 +34,7 @@ from gendistill.diffusion.adapters import LCMBoundaryDenoiser, VPDenoiser, guida
 from gendistill.diffusion.denoiser import Denoiser, TextCondition, expand_sigma
 from gendistill.diffusion.schedules import LCMSchedule, vp_sigmas_from_alphas_cumprod
 from gendistill.diffusion.samplers import ddim_step
-from gendistill.distill.lora import lora_student, mark_only_lora_trainable
+from gendistill.backends.lora import lora_student, mark_only_lora_trainable
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.errors import UserError, check_choice
 from gendistill.train.recipe import Loss, Phase

@@ -19,7 +19,6 @@ only ever evaluated at the K sigmas it will be sampled at.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gendistill.backends.lora import make_fake_score
 from gendistill.diffusion.adapters import LCMBoundaryDenoiser, VPDenoiser
 from gendistill.diffusion.denoiser import TextCondition, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
@@ -41,8 +41,6 @@ from gendistill.errors import UserError, check_choice, check_range
 from gendistill.train.recipe import Loss, Phase
 
 FakeWeighting = Literal["x0", "eps", "v", "min_snr"]
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-"""The attention projections of diffusers' UNets, where the fake score's LoRA goes."""
 REFERENCE_TIMESTEPS = 1000
 """Timesteps in the config (t_min, t_max, gan_t_max) are on this scale, mapped onto the teacher's own."""
 
@@ -113,22 +111,6 @@ def check_config(config: DMD2Config) -> None:
 def scaled_timestep(t: int, num_train_timesteps: int) -> int:
     """A timestep on the 1000-step reference scale, as the nearest timestep of a T-step schedule."""
     return min(num_train_timesteps - 1, round(t * num_train_timesteps / REFERENCE_TIMESTEPS))
-
-
-def make_fake_score(teacher_unet: nn.Module, lora_rank: int) -> nn.Module:
-    """The fake-score network: a trainable copy of the teacher, or a frozen copy with LoRA adapters on its
-    attention projections (``lora_B`` starts at zero, so either way it starts equal to the teacher)."""
-    fake = copy.deepcopy(teacher_unet).train()
-    if lora_rank == 0:
-        return fake.requires_grad_(True)
-    from peft import LoraConfig, inject_adapter_in_model
-
-    fake.requires_grad_(False)
-    config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS, init_lora_weights=True)
-    fake = inject_adapter_in_model(config, fake)
-    for name, p in fake.named_parameters():
-        p.requires_grad_("lora_" in name)
-    return fake
 
 
 # --- DMD v1's regression pairs --------------------------------------------------------------------

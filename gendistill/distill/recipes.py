@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from gendistill.distill.consistency import LCMConfig, LCMRecipe, lcm_models
 from gendistill.distill.dmd import DMD2Config, DMD2Recipe
 from gendistill.distill.export import StudentSampling
-from gendistill.distill.lora import has_lora, merge_lora
+from gendistill.backends.lora import has_lora, merge_lora
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.distill.progressive import ProgressiveConfig, ProgressiveRecipe
 from gendistill.train.recipe import Recipe

@@ -14,7 +14,7 @@ from gendistill.diffusion.samplers import final_sample, sample_euler
 from gendistill.diffusion.schedules import LCMSchedule, vp_sigmas_from_alphas_cumprod
 from gendistill.distill.consistency import (LCMConfig, LCMRecipe, SkippingSteps, consistency_distance,
                                             guidance_student)
-from gendistill.distill.lora import has_lora, lora_student, merge_lora, save_lora
+from gendistill.backends.lora import has_lora, lora_student, merge_lora, save_lora
 from gendistill.distill.models import DistillBatch
 from gendistill.errors import UserError
 from gendistill.train.config import OptimizerConfig, TrainerConfig

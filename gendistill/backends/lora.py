@@ -1,5 +1,6 @@
-"""LoRA students for LCM-LoRA (Luo et al. 2023, "LCM-LoRA: A Universal Stable-Diffusion Acceleration Module").
+"""LoRA on diffusers UNets with peft: LCM-LoRA students, and the fake scores of DMD2 and VSD.
 
+LCM-LoRA (Luo et al. 2023, "LCM-LoRA: A Universal Stable-Diffusion Acceleration Module"):
 The student is a copy of the teacher UNet with peft LoRA adapters injected in place (diffusers'
 ``add_adapter``), so its forward signature, ``config`` and the denoiser adapters are those of a plain UNet.
 Only the adapters train. Two ways out:
@@ -107,3 +108,24 @@ def merge_lora(student_unet: nn.Module) -> nn.Module:
     merged.fuse_lora(lora_scale=1.0)
     merged.unload_lora()
     return merged.eval().requires_grad_(False)
+
+
+ATTENTION_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+"""The attention projections of diffusers' UNets, where the fake score's LoRA goes."""
+
+
+def make_fake_score(teacher_unet: nn.Module, lora_rank: int) -> nn.Module:
+    """The fake-score network: a trainable copy of the teacher, or a frozen copy with LoRA adapters on its
+    attention projections (``lora_B`` starts at zero, so either way it starts equal to the teacher)."""
+    fake = copy.deepcopy(teacher_unet).train()
+    if lora_rank == 0:
+        return fake.requires_grad_(True)
+    from peft import LoraConfig, inject_adapter_in_model
+
+    fake.requires_grad_(False)
+    config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=ATTENTION_LORA_TARGETS,
+                        init_lora_weights=True)
+    fake = inject_adapter_in_model(config, fake)
+    for name, p in fake.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return fake
