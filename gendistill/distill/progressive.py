@@ -55,8 +55,6 @@ class ProgressiveConfig:
     """Weight on the x0 error: max(snr, 1) (the paper's truncated SNR) or snr + 1 (a plain v loss)."""
     data: Literal["latents", "teacher"] = "latents"
     """Where x at the student's sigma comes from: real latents noised, or noise run down by the stage teacher."""
-    lr_reset_each_stage: bool = False
-    """Restart the optimizer (state and warm-up) at each stage start; needs the trainer to honour it."""
 
     def student_steps(self) -> list[int]:
         """The student's DDIM steps in each stage, e.g. [16, 8, 4] for 32 -> 4."""
@@ -243,7 +241,7 @@ class ProgressiveRecipe:
         return self.stage_steps[self.stage_at(step)]
 
     def stage_start_steps(self) -> list[int]:
-        """Trainer steps at which a stage begins (after the first): where ``lr_reset_each_stage`` resets."""
+        """Trainer steps at which a stage begins (after the first)."""
         return [k * self.config.steps_per_stage for k in range(1, self.num_stages)]
 
     def enter_stage(self, stage: int) -> None:
