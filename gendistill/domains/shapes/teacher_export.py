@@ -1,0 +1,276 @@
+"""Export the trained shapes teacher as a stock diffusers folder, evaluate it, and write its model card."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from gendistill.config import to_dict
+from gendistill.domains.shapes.teacher import (
+    EvalConfig, TeacherComponents, TeacherConfig, build_components, count_parameters,
+)
+from gendistill.domains.shapes.teacher_checkpoint import TrainState, find_latest, load_checkpoint
+from gendistill.errors import UserError
+from gendistill.domains.shapes.tokenizer import save_vocab_files
+
+
+def export_pipeline(components: TeacherComponents, ema: dict[str, Tensor], directory: str | Path) -> Path:
+    """Save a ``StableDiffusionPipeline`` folder (EMA weights when given, safetensors) atomically."""
+    from diffusers import StableDiffusionPipeline
+
+    directory = Path(directory)
+    unet, text_encoder = copy.deepcopy(components.unet), copy.deepcopy(components.text_encoder)
+    for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder)):
+        sub = {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+        if sub:
+            module.load_state_dict(sub, strict=False)
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=text_encoder, tokenizer=components.tokenizer, unet=unet,
+        scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    save_vocab_files(components.tokenizer, tmp / "tokenizer")
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def load_pipeline(directory: str | Path):
+    """Load an exported teacher with stock diffusers, progress bar off."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(directory), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class StepQuality:
+    """Evaluator scores of images sampled with one number of steps."""
+
+    steps: int
+    prompt_accuracy: float
+    shape_accuracy: float
+    colour_accuracy: float
+    fid: float
+    diversity: float
+    num_images: int
+    seconds: float
+    """Wall-clock of sampling all ``num_images``."""
+
+
+@dataclass
+class EvalReport:
+    """Evaluation of an exported teacher."""
+
+    guidance_scale: float
+    rows: list[StepQuality] = field(default_factory=list)
+    seconds_64_images_50_steps: float | None = None
+    """Wall-clock of one stock-pipeline call: 64 prompts, 50 guided steps."""
+
+
+def sample_images(pipe, prompts: list[str], steps: int, guidance_scale: float, generator: torch.Generator,
+                  batch_size: int = 64) -> Tensor:
+    """(N, 3, 64, 64) images in [0, 1] from the stock pipeline, in batches."""
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        out = pipe(prompts[start:start + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
+                   generator=generator, output_type="pt")
+        chunks.append(out.images.float().cpu())
+    return torch.cat(chunks)
+
+
+def evaluate_pipeline(pipe, cfg: EvalConfig, log=print) -> EvalReport:
+    """Sample every (shape, colour) at each step count in ``cfg.steps`` and score with the shapes evaluator."""
+    from gendistill.domains.shapes.captions import caption
+    from gendistill.domains.shapes.classifier import load_classifier
+    from gendistill.domains.shapes.metrics import cached_reference_stats, evaluate_images
+    from gendistill.domains.shapes.scene import all_scenes
+
+    classifier = load_classifier(cfg.classifier_dir)
+    reference = cached_reference_stats(classifier, cfg.classifier_dir)
+    scenes = [s for s in all_scenes() for _ in range(cfg.images_per_scene)]
+    prompts = [caption(s) for s in scenes]
+    report = EvalReport(cfg.guidance_scale)
+    for steps in cfg.steps:
+        start = time.perf_counter()
+        images = sample_images(pipe, prompts, steps, cfg.guidance_scale, torch.Generator().manual_seed(cfg.seed))
+        seconds = time.perf_counter() - start
+        q = evaluate_images(classifier, images, scenes, reference)
+        row = StepQuality(steps, q.prompt_accuracy, q.shape_accuracy, q.colour_accuracy, q.fid, q.diversity,
+                          q.num_images, seconds)
+        report.rows.append(row)
+        log(f"eval steps={steps}: prompt_acc={row.prompt_accuracy:.3f} shape={row.shape_accuracy:.3f} "
+            f"colour={row.colour_accuracy:.3f} fid={row.fid:.2f} diversity={row.diversity:.3f} ({seconds:.0f}s)")
+    if cfg.timing:
+        report.seconds_64_images_50_steps = time_sampling(pipe, cfg.guidance_scale)
+    return report
+
+
+def time_sampling(pipe, guidance_scale: float, n: int = 64, steps: int = 50) -> float:
+    """Seconds of one stock-pipeline call making ``n`` images with ``steps`` guided steps."""
+    prompts = ["a red cube", "a blue sphere", "a green cone", "a yellow torus"] * (n // 4)
+    pipe(prompts[:4], num_inference_steps=2, guidance_scale=guidance_scale, output_type="pt")  # warm-up
+    start = time.perf_counter()
+    pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
+         generator=torch.Generator().manual_seed(0), output_type="pt")
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+@dataclass
+class CardInfo:
+    """What the model card states."""
+
+    command: str
+    config: TeacherConfig
+    wall_clock_s: float
+    seconds_per_step: dict[str, float]
+    parameters: dict[str, int]
+    scaling_factor: float
+    diffusion_steps_done: int
+    eval: EvalReport | None = None
+
+
+def write_model_card(directory: str | Path, info: CardInfo) -> Path:
+    """Write ``README.md`` (Hugging Face model-card style) into the exported folder."""
+    cfg = info.config
+    lines = [
+        "---", "library_name: diffusers", "pipeline_tag: text-to-image",
+        "tags: [gendistill, shapes, stable-diffusion, tiny]", "---", "",
+        "# gendistill shapes teacher",
+        "",
+        "A tiny Stable-Diffusion-shaped text-to-image model of the gendistill *shapes* world (one primitive in "
+        "one colour, rendered at 64x64): CLIPTokenizer with the domain's words, CLIPTextModel, AutoencoderKL "
+        "(64x64x3 -> 16x16x4), UNet2DConditionModel, DDIMScheduler. It loads with stock diffusers:",
+        "",
+        "```python",
+        "from diffusers import StableDiffusionPipeline",
+        "pipe = StableDiffusionPipeline.from_pretrained(PATH, safety_checker=None)",
+        f"image = pipe(\"a red cube, front view\", num_inference_steps=50, guidance_scale={cfg.eval.guidance_scale:g}).images[0]",
+        "```",
+        "",
+        f"**Default guidance scale: {cfg.eval.guidance_scale:g}.** Prompts: `a <colour> <shape>` optionally "
+        "followed by `, front view` / `, side view` / `, back view` / `, overhead view`.",
+        "",
+        "## Training",
+        "",
+        f"- command: `{info.command}`",
+        f"- seed: {cfg.seed}",
+        f"- wall-clock of optimizer steps: {info.wall_clock_s / 60:.1f} min on {_machine()}",
+        "- seconds per step: " + ", ".join(f"{k} {v:.3f}" for k, v in info.seconds_per_step.items()),
+        f"- VAE steps: {cfg.vae.steps} (batch {cfg.vae.batch_size}); text encoder + UNet steps: "
+        f"{info.diffusion_steps_done} of {cfg.diffusion.steps} (batch {cfg.diffusion.batch_size}, lr {cfg.diffusion.lr:g}, caption dropout "
+        f"{cfg.diffusion.caption_dropout:g})",
+        "- parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in info.parameters.items()),
+        f"- latents: channel means folded into the VAE biases, scaling_factor = {info.scaling_factor:.4f} (1/std)",
+        f"- noise: {cfg.model.noise.prediction_type}, zero terminal SNR {cfg.model.noise.zero_terminal_snr}, "
+        f"{cfg.model.noise.timestep_spacing} spacing",
+        "",
+    ]
+    lines += _eval_lines(info.eval)
+    lines += ["## Resolved config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
+    path = Path(directory) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _eval_lines(report: EvalReport | None) -> list[str]:
+    if report is None:
+        return ["## Evaluation", "", "Not evaluated (eval.enabled is false or no classifier was found).", ""]
+    lines = ["## Evaluation", "",
+             f"Stock `StableDiffusionPipeline`, guidance {report.guidance_scale:g}, DDIM; scored by the shapes "
+             "classifier (`assets/shapes-classifier`): prompt accuracy (shape and colour right), FID of "
+             "classifier features against held-out renders, diversity (generated / real mean pairwise "
+             "feature distance per prompt).", "",
+             "| steps | prompt acc. | shape acc. | colour acc. | FID | diversity | images | s/image |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report.rows:
+        lines.append(f"| {r.steps} | {r.prompt_accuracy:.3f} | {r.shape_accuracy:.3f} | {r.colour_accuracy:.3f} "
+                     f"| {r.fid:.2f} | {_fmt(r.diversity)} | {r.num_images} | {r.seconds / r.num_images:.3f} |")
+    if report.seconds_64_images_50_steps is not None:
+        lines += ["", f"64 images, 50 guided steps, one pipeline call: {report.seconds_64_images_50_steps:.1f} s "
+                  f"on {_machine()}."]
+    return lines + [""]
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def _machine() -> str:
+    cores = os.cpu_count() or 0
+    return f"{cores} CPU cores ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+
+
+def export_and_report(components: TeacherComponents, state, config: TeacherConfig, out_dir: Path,
+                      seconds_per_step: dict[str, float], log=print, dest: Path | None = None) -> Path:
+    """Export ``out_dir/pipeline`` (or ``dest``), evaluate it when possible, and write its model card."""
+    directory = export_pipeline(components, state.ema, Path(dest or Path(out_dir) / "pipeline"))
+    report = None
+    if config.eval.enabled:
+        if (Path(config.eval.classifier_dir) / "model.safetensors").is_file():
+            report = evaluate_pipeline(load_pipeline(directory), config.eval, log)
+        else:
+            log(f"no classifier in {config.eval.classifier_dir}; skipping evaluation")
+    params = {name: count_parameters(getattr(components, name)) for name in ("text_encoder", "vae", "unet")}
+    info = CardInfo(command_line(), config,
+                    state.elapsed, seconds_per_step, params, state.scaling_factor,
+                    state.step if state.phase == "diffusion" else config.diffusion.steps, report)
+    write_model_card(directory, info)
+    write_sampling_defaults(directory, config.eval.guidance_scale)
+    return directory
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("teacher_training.py"):
+        argv = ["python", "-m", "gendistill.domains.shapes.teacher_training", *argv[1:]]
+    elif argv:
+        argv[0] = Path(argv[0]).name
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def write_sampling_defaults(directory: str | Path, guidance_scale: float) -> None:
+    """``gendistill.json``: the guidance the teacher is meant to be sampled with (read by gendistill.evaluation)."""
+    import json
+
+    (Path(directory) / "gendistill.json").write_text(json.dumps({"guidance": guidance_scale}, indent=2) + "\n")
+
+
+def export_from_checkpoint(config: TeacherConfig, out_dir: str | Path, dest: Path | None = None) -> Path:
+    """Export ``out_dir/pipeline`` (EMA weights, model card, evaluation) from the latest checkpoint, e.g. of
+    a run that was stopped before its last step; the card states how many steps it had."""
+    out_dir = Path(out_dir)
+    latest = find_latest(out_dir / "checkpoints")
+    if latest is None:
+        raise UserError(f"no checkpoint in {out_dir / 'checkpoints'} to export")
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    components = build_components(config.model, torch.Generator().manual_seed(config.seed))
+    state = load_checkpoint(latest, components, TrainState.fresh(config.seed))
+    if state.phase == "vae":
+        raise UserError(f"{latest} is still in the VAE phase; nothing to export yet")
+    return export_and_report(components, state, config, out_dir, {}, dest=dest)
