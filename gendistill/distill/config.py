@@ -24,7 +24,7 @@ class DataConfig:
     """A folder of images with same-named .txt captions (source "images")."""
     batch_size: int = 16
     """Prompts per micro-batch."""
-    with_latents: bool = True
+    with_latents: bool = False
     """Encode renders to real latents (recipes that use data: LCM, progressive, DMD2's GAN term)."""
     view_phrase_prob: float = 0.5
     """Share of shapes captions that carry a view phrase ("..., front view")."""
@@ -34,9 +34,9 @@ class DataConfig:
 class EvalConfig:
     """What is measured during training and in the final teacher-vs-student table (shapes world only)."""
 
-    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
+    student_steps: list[int] = field(default_factory=lambda: [1, 2])
     """Student step counts in the final table (those the student cannot take are skipped)."""
-    teacher_steps: list[int] = field(default_factory=lambda: [50, 4, 1])
+    teacher_steps: list[int] = field(default_factory=lambda: [50, 8, 4, 2, 1])
     """Teacher step counts in the final table."""
     teacher_guidance: float | None = None
     """Teacher guidance in the table (None: the teacher folder's default)."""
@@ -56,11 +56,13 @@ class DistillConfig:
 
     teacher: str = "assets/shapes-teacher"
     """Diffusers folder or hub id of the teacher."""
-    recipe: DMD2Config | LCMConfig | ProgressiveConfig = field(default_factory=DMD2Config)
+    recipe: DMD2Config | LCMConfig | ProgressiveConfig = field(
+        default_factory=lambda: DMD2Config(guidance_scale=2.0, fake_updates=5, student_steps=1))
     """The recipe; ``kind:`` picks dmd2, lcm or progressive."""
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
-        steps=300, ema_decay=None, checkpoint_every=100, eval_every=100,
-        optimizers={"generator": OptimizerConfig(lr=1e-5), "fake_score": OptimizerConfig(lr=1e-5)}))
+        steps=400, ema_decay=0.99, checkpoint_every=100, eval_every=100,
+        optimizers={"generator": OptimizerConfig(lr=1e-4, warmup_steps=20),
+                    "fake_score": OptimizerConfig(lr=1e-4, warmup_steps=20)}))
     """Loop settings; ``optimizers`` is keyed by phase (dmd2: generator, fake_score; lcm and
     progressive: student)."""
     data: DataConfig = field(default_factory=DataConfig)

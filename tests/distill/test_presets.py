@@ -91,3 +91,8 @@ def test_evaluation_during_training_records_quality_and_sample_grids(tiny_teache
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {r["steps"] for r in metrics["student"]} == {1} and metrics["teacher"][0]["steps"] == 2
     assert result.report is not None and 0 <= result.report.student[0].prompt_accuracy <= 1
+
+
+def test_no_config_is_the_shapes_dmd2_preset():
+    preset = Path(__file__).parents[2] / "configs" / "distill" / "shapes-dmd2.yaml"
+    assert load_config(DistillConfig) == load_config(DistillConfig, preset)
