@@ -44,8 +44,8 @@ class EvalConfig:
     """Student guidance (None: 0, or the recipe's scale for a w-embedding student)."""
     num_samples: int = 120
     """Images per row of the final table (spread over all 40 prompts)."""
-    during_training_samples: int = 40
-    """Images per evaluation during training (0: no evaluation during training)."""
+    during_training_samples: int = 80
+    """Images per evaluation during training, over all 40 prompts (>= 80 gives diversity; 0: none)."""
     grid_prompts: int = 8
     """Prompts in the teacher-vs-student grid."""
 
