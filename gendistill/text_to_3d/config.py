@@ -1,0 +1,250 @@
+"""The configuration of a ``gendistill text-to-3d`` run (YAML files in configs/text-to-3d/ load into it).
+
+Steps are 0-based optimisation steps, as in gsplat's strategies. Defaults are tuned for the shipped shapes
+teacher (64x64 images) on a CPU: a few minutes for one object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from gendistill.config import _apply_override as apply_override  # the --set parser of gendistill.config
+from gendistill.config import from_dict, read_yaml, to_dict
+from gendistill.domains.shapes.camera import DISTANCE, ELEVATION_RANGE_DEG, FOV_DEG
+from gendistill.score.guidance import CSDConfig, NPGConfig, SDSConfig
+from gendistill.score.policies import Decreasing
+from gendistill.score.vsd import VSDConfig
+
+REPRESENTATIONS = ("gaussians",)
+"""Representations this release can optimise ("nerf" comes later)."""
+
+
+@dataclass
+class CameraConfig:
+    """Where the training cameras are drawn (the shapes world's sphere of cameras by default)."""
+
+    elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG
+    """Elevations drawn uniformly, in degrees (azimuths are uniform in [0, 360))."""
+    distance: float = DISTANCE
+    """Distance from the camera to the origin."""
+    fov_deg: float = FOV_DEG
+    """Vertical field of view in degrees."""
+    view_dependent_prompts: bool = True
+    """Add the camera's view phrase ("front view", ...) to the prompt, with the caption template."""
+
+
+@dataclass
+class InitConfig:
+    """Where the Gaussians start."""
+
+    num_points: int = 2000
+    """Gaussians drawn uniformly in a ball (ignored when ``ply`` is given)."""
+    radius: float = 0.6
+    """Radius of that ball."""
+    opacity: float = 0.1
+    """Initial opacity of every Gaussian."""
+    colour_jitter: float = 0.05
+    """Initial colours are grey 0.5 plus uniform noise of this half-width (DreamGaussian starts near grey;
+    0.5 gives uniformly random colours)."""
+    sh_degree: int = 0
+    """Largest spherical-harmonics degree (0: view-independent colour, which Lambertian shading is)."""
+    ply: str | None = None
+    """Start from a PLY instead: a 3DGS file (its Gaussians) or a point cloud (x, y, z and optional
+    red/green/blue)."""
+
+
+@dataclass
+class LearningRates:
+    """Adam learning rate of each of ``GaussianParams.parameter_groups`` (gsplat simple_trainer's names)."""
+
+    means: float = 1e-3
+    """Positions (times the scene radius)."""
+    scales: float = 5e-3
+    """Log scales."""
+    quats: float = 5e-3
+    """Rotations."""
+    opacities: float = 5e-2
+    """Opacity logits."""
+    sh0: float = 5e-2
+    """Degree-0 SH coefficients (the base colour)."""
+    shN: float = 5e-4  # noqa: N815 - gsplat's name
+    """Higher SH coefficients."""
+
+
+@dataclass
+class OptimConfig:
+    """Adam on the Gaussians' parameter groups (``GaussianParams.parameter_groups``), one optimiser each."""
+
+    lr: LearningRates = field(default_factory=LearningRates)
+    """Learning rates by parameter group."""
+    betas: tuple[float, float] = (0.99, 0.999)
+    """Adam's betas; a beta1 near 1 averages the noisy score-distillation gradient over more steps."""
+    means_lr_final: float = 0.1
+    """The means' learning rate decays exponentially to this fraction of its start (DreamGaussian)."""
+    lr_final: float = 1.0
+    """Every other group's learning rate decays exponentially to this fraction (1: constant); a decay
+    averages out the noise of the score-distillation gradient in the colours."""
+    fake_score_lr: float = 1e-3
+    """Adam learning rate of VSD's fake score (LoRA and camera MLP); unused by other methods."""
+    tv_weight: float = 500.0
+    """Weight of the total variation of the surface colour in the renders (alpha-weighted mean absolute
+    difference of neighbouring pixels; the silhouette's edge is exempt), added to the loss: a smoothness
+    prior against the score's noisy textures (0: off)."""
+    grad_blur_px: float = 1.0
+    """Std (pixels) of a Gaussian blur applied to the guidance's gradient on the renders: it removes the
+    pixel-scale patterns the VAE encoder's backward pass stamps on them (0: off)."""
+    grad_clip: float | None = None
+    """Clip the Gaussians' gradient norm per group to this (None: no clipping)."""
+
+
+@dataclass
+class DefaultStrategyConfig:
+    """gsplat's DefaultStrategy (3DGS adaptive density control: clone, split, prune)."""
+
+    KIND: ClassVar[str] = "default"
+
+    refine_start: int = 100
+    """First step that may grow or prune."""
+    refine_stop: int = 10_000
+    """No growth from this step on (the prune-only phase also ends it)."""
+    refine_every: int = 50
+    """Steps between refinements."""
+    grow_grad2d: float = 2e-2
+    """Mean screen-space gradient above which a Gaussian is cloned or split."""
+    grow_scale3d: float = 0.01
+    """Gaussians smaller than this (times the scene radius) are cloned, larger ones split."""
+    prune_opacity: float = 0.005
+    """Gaussians less opaque than this are pruned."""
+    prune_scale3d: float = 0.1
+    """Gaussians larger than this (times the scene radius) are pruned."""
+    reset_every: int = 0
+    """Steps between opacity resets (0: never)."""
+    max_gaussians: int = 10_000
+    """No refinement that could take the scene past this many Gaussians (a refinement at most doubles them)."""
+
+
+@dataclass
+class MCMCStrategyConfig:
+    """gsplat's MCMCStrategy (3DGS as Markov chain Monte Carlo); needs gsplat's CUDA kernels."""
+
+    KIND: ClassVar[str] = "mcmc"
+
+    cap_max: int = 20_000
+    """Largest number of Gaussians."""
+    noise_lr: float = 5e5
+    """Scale of the position noise (times the means' learning rate)."""
+    refine_start: int = 100
+    """First step that relocates and adds Gaussians."""
+    refine_stop: int = 10_000
+    """No relocation from this step on (the prune-only phase also ends it)."""
+    refine_every: int = 50
+    """Steps between relocations."""
+    min_opacity: float = 0.005
+    """Gaussians less opaque than this are relocated."""
+
+
+@dataclass
+class PruneConfig:
+    """The prune-only final phase (HumanGaussian): no more growth, remove oversized Gaussians and floaters."""
+
+    after: int | None = 450
+    """Step from which growth stops and only pruning runs; None: no prune-only phase."""
+    every: int = 50
+    """Steps between prunings in that phase (the last step always prunes)."""
+    max_scale: float = 0.15
+    """Prune Gaussians whose largest axis exceeds this fraction of the scene radius."""
+    min_opacity: float = 0.05
+    """Prune Gaussians less opaque than this."""
+    floater_factor: float = 6.0
+    """Prune Gaussians whose distance to their k-th nearest neighbour exceeds this times the median one."""
+    floater_neighbours: int = 4
+    """k of that test."""
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control: a gsplat strategy, then the prune-only phase."""
+
+    strategy: DefaultStrategyConfig | MCMCStrategyConfig | None = field(default_factory=DefaultStrategyConfig)
+    """``kind:`` default or mcmc (CUDA only); null: never grow."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """The prune-only phase."""
+
+
+@dataclass
+class TurntableConfig:
+    """The 360-degree turntable written at the end of a run."""
+
+    frames: int = 36
+    """Frames around the object."""
+    elevation_deg: float = 20.0
+    """Camera elevation in degrees."""
+    size: int = 128
+    """Frame width and height in pixels."""
+    fps: int = 12
+    """Frames per second of the GIF (and MP4)."""
+
+
+def default_method() -> SDSConfig:
+    """SDS as tuned for the shapes teacher (SDSConfig's own defaults are DreamFusion's, for Stable Diffusion)."""
+    return SDSConfig(guidance_scale=7.5, timesteps=Decreasing(t_start=0.98, t_end=0.2, shape="sqrt", jitter=0.1))
+
+
+@dataclass
+class Text3DConfig:
+    """A text-to-3D run: a diffusion model as the loss on renders of 3D Gaussians."""
+
+    prompt: str = ""
+    """The text prompt (the command's PROMPT argument replaces it)."""
+    model: str = "assets/shapes-teacher"
+    """Diffusers text-to-image folder or hub id whose score guides the optimisation."""
+    method: SDSConfig | VSDConfig | CSDConfig | NPGConfig = field(default_factory=default_method)
+    """Score distillation method; ``kind:`` picks sds, vsd, csd or npg."""
+    representation: str = "gaussians"
+    """What is optimised: gaussians (nerf comes in a later release)."""
+    iterations: int = 600
+    """Optimisation steps."""
+    batch_size: int = 4
+    """Cameras (rendered views) per step."""
+    resolution: int | None = None
+    """Render width and height in pixels; None: the model's image size."""
+    scene_radius: float = 1.0
+    """Radius of the region the object lives in (the shapes world: the unit ball); scales lrs and pruning."""
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    """Training cameras."""
+    init: InitConfig = field(default_factory=InitConfig)
+    """Initial Gaussians."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimisers."""
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """Densification and the prune-only phase."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """RGB in [0, 1] behind the Gaussians (white, as the shapes world)."""
+    turntable: TurntableConfig = field(default_factory=TurntableConfig)
+    """The turntable animation."""
+    seed: int = 0
+    """Seed of the initialisation, cameras, timesteps and noise."""
+    progress: bool = True
+    """Show a progress bar with ETA and the live loss."""
+    device: str = "auto"
+    """torch device; auto picks cuda when available."""
+
+
+def load_text3d_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Text3DConfig:
+    """``load_config`` with merge semantics: the YAML file and the ``key=value`` overrides change only the
+    keys they name, on top of Text3DConfig's defaults, so ``--set method.guidance_scale=10`` keeps the tuned
+    method's other values. A section whose ``kind`` differs from the default's replaces it."""
+    overlay: dict = {} if path is None else read_yaml(path)
+    for item in overrides or []:
+        apply_override(overlay, item)
+    return from_dict(Text3DConfig, _merge(to_dict(Text3DConfig()), overlay))
+
+
+def _merge(base, overlay):
+    if not (isinstance(base, dict) and isinstance(overlay, dict)):
+        return overlay
+    if "kind" in overlay and "kind" in base and overlay["kind"] != base["kind"]:
+        return overlay
+    return {**base, **{key: _merge(base.get(key), value) for key, value in overlay.items()}}

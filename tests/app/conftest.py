@@ -1,0 +1,97 @@
+"""One demo server per test session, on a free localhost port, serving two tiny random pipelines.
+
+The teacher ("teacher", no recipe) and a student ("student-2step", a DMD-style gendistill.json) share the tiny
+VAE, so hybrid sampling works. Text-to-3D runs the real ``run_text_to_3d`` on the tiny teacher, except for
+prompts that start with "slow", which a stand-in runner answers: it streams renders until Stop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_pipelines import tiny_sd_pipeline
+
+NEEDS_GRADIO = "the demo tests need gradio and gradio_client: pip install -e '.[demo]'"
+HAS_GRADIO = all(importlib.util.find_spec(m) is not None for m in ("gradio", "gradio_client"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("demo-models")
+    teacher, student = root / "teacher", root / "student-2step"
+    tiny_sd_pipeline(teacher, seed=0)
+    tiny_sd_pipeline(student, seed=1)
+    (teacher / "gendistill.json").write_text(json.dumps({"guidance": 3.0}))
+    (student / "gendistill.json").write_text(json.dumps({"recipe": "dmd", "steps": 2, "max_steps": 4,
+                                                         "guidance": 0.0}))
+    return {"teacher": teacher, "student-2step": student}
+
+
+class SlowRunner:
+    """Streams 4 renders of 8x8 noise every 20 ms until stopped; other prompts go to the real runner."""
+
+    def __init__(self):
+        self.running = 0
+
+    def __call__(self, settings, model_path, out_dir, on_step):
+        from gendistill.app.text_to_3d_tab import start_text_to_3d
+
+        if not settings.prompt.startswith("slow"):
+            return start_text_to_3d(settings, model_path, out_dir, on_step)
+        self.running += 1
+        try:
+            for step in range(settings.iterations):
+                on_step(step, torch.rand(4, 3, 8, 8), 1.0 / (step + 1))
+                time.sleep(0.02)
+        finally:
+            self.running -= 1
+        raise AssertionError("the stand-in runner was never stopped")
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_models):
+    """(url, demo, runner) of a running demo; closed at the end of the session."""
+    if not HAS_GRADIO:
+        pytest.skip(NEEDS_GRADIO)
+    from gendistill.app.demo import DemoOptions, launch
+
+    runner = SlowRunner()
+    options = DemoOptions(models=tuple(str(p) for p in demo_models.values()), assets_dir=None, port=free_port())
+    demo, url = launch(options, block=False, runner=runner)
+    yield url, demo, runner
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def assets_server():
+    """(url, demo, runner) of a demo of real models (for screenshots): those in $GENDISTILL_SCREENSHOT_MODELS,
+    a folder scanned like assets/ ("assets": the shipped ones)."""
+    from gendistill.app.demo import ASSETS_DIR, DemoOptions, launch
+
+    folder = os.environ.get("GENDISTILL_SCREENSHOT_MODELS", "assets")
+    runner = SlowRunner()
+    options = DemoOptions(assets_dir=ASSETS_DIR if folder == "assets" else Path(folder), port=free_port())
+    demo, url = launch(options, block=False, runner=runner)
+    yield url, demo, runner
+    demo.close()
+
+
+@pytest.fixture()
+def client(demo_server):
+    from gradio_client import Client
+
+    return Client(demo_server[0], verbose=False)

@@ -1,0 +1,135 @@
+"""`run_text_to_3d` and `gendistill text-to-3d` on a tiny random pipeline: outputs, PLY round trip, presets, errors."""
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from gendistill.config import load_config
+from gendistill.domains.shapes import Camera
+from gendistill.errors import RunStopped
+from gendistill.render.ply import load_ply
+from gendistill.render.gaussians import SPLAT_KEYS
+from gendistill.text_to_3d import run as run_module
+from gendistill.score.guidance import SDSConfig
+from gendistill.score.policies import Decreasing
+from gendistill.score.vsd import VSDConfig
+from gendistill.text_to_3d.config import Text3DConfig, load_text3d_config
+from gendistill.text_to_3d.run import gaussian_blur, run_text_to_3d, view_prompt
+from text3d_cli import cli_main
+from tiny_pipelines import tiny_sd_pipeline
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "text-to-3d").glob("*.yaml"))
+SMALL = ["iterations=20", "batch_size=2", "init.num_points=150", "turntable.size=24", "progress=false",
+         "densify.strategy.refine_start=3", "densify.strategy.refine_every=4", "densify.prune.after=12",
+         "densify.prune.every=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "pipe"
+    tiny_sd_pipeline(folder)
+    return folder
+
+
+def test_twenty_steps_write_every_output_and_the_ply_round_trips(tiny, tmp_path):
+    config = load_text3d_config(None, [f"model={tiny}", *SMALL])
+    seen = []
+    result = run_text_to_3d("A  red sphere", config, tmp_path, progress=False,
+                            on_step=lambda step, images, loss: seen.append((step, tuple(images.shape), loss)))
+    assert [s for s, _, _ in seen] == list(range(20)) and all(shape == (2, 3, 16, 16) for _, shape, _ in seen)
+    loaded = load_ply(tmp_path / "scene.ply")
+    assert len(loaded) == len(result.params) == result.num_gaussians
+    for key in SPLAT_KEYS:
+        assert torch.equal(loaded.splats[key], result.params.splats[key].detach()), key
+    assert iio.imread(tmp_path / "turntable.gif", index=None).shape == (36, 24, 24, 3)
+    assert [p.name for p in result.turntable][0] == "turntable.gif"
+    for name in ("curves.png", "heldout.png", "eval3d.json"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and metrics["num_gaussians"] == len(loaded) and metrics["method"] == "sds"
+    assert 0 <= metrics["eval3d"]["iou"] <= 1 and len(metrics["eval3d"]["per_view_iou"]) == 8
+    resolved = load_config(Text3DConfig, tmp_path / "config.yaml")
+    assert resolved.prompt == "A  red sphere".strip() and resolved.iterations == 20 and resolved.model == str(tiny)
+
+
+def test_config_overrides_change_only_the_keys_they_name(tmp_path):
+    tuned = Text3DConfig().method
+    config = load_text3d_config(None, ["method.guidance_scale=7", "method.timesteps.t_end=0.4", "optim.lr.sh0=0.02"])
+    assert isinstance(config.method, SDSConfig) and config.method.guidance_scale == 7
+    assert config.method.timesteps == Decreasing(tuned.timesteps.t_start, 0.4, tuned.timesteps.shape,
+                                                 tuned.timesteps.jitter)
+    assert config.optim.lr.sh0 == 0.02 and config.optim.lr.means == Text3DConfig().optim.lr.means
+    switched = load_text3d_config(None, ["method.kind=vsd", "method.lora_rank=2"])
+    assert switched.method == VSDConfig(lora_rank=2)
+    (tmp_path / "c.yaml").write_text("iterations: 7\ndensify:\n  strategy: null\n")
+    from_file = load_text3d_config(tmp_path / "c.yaml", ["seed=4"])
+    assert (from_file.iterations, from_file.seed, from_file.densify.strategy) == (7, 4, None)
+    assert from_file.densify.prune == Text3DConfig().densify.prune
+
+
+def test_gradient_blur_keeps_constants_and_mass():
+    assert torch.allclose(gaussian_blur(torch.full((1, 3, 8, 8), 0.3), 1.5), torch.full((1, 3, 8, 8), 0.3))
+    spike = torch.zeros(2, 3, 15, 15)
+    spike[:, :, 7, 7] = 1
+    blurred = gaussian_blur(spike, 1.0)
+    assert torch.allclose(blurred.sum((2, 3)), torch.ones(2, 3)) and blurred[0, 0, 7, 7] < 0.2
+
+
+def test_view_prompts_follow_the_caption_template():
+    front, side = Camera(0.0, 10.0), Camera(90.0, 10.0)
+    assert view_prompt("A  Red Sphere", front) == "a red sphere, front view"
+    assert view_prompt("an orange cube, back view", side) == "an orange cube, side view"
+    assert view_prompt("a red sphere", None) == "a red sphere"
+    assert view_prompt(" a castle ", Camera(0.0, 70.0)) == "a castle, overhead view"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_runs_two_steps_through_the_cli(preset, tiny, tmp_path, capsys):
+    code = cli_main(["text-to-3d", "a blue cone", "--config", str(preset), "--model", str(tiny), "--seed", "3",
+                     "--set", "iterations=2", "--set", "init.num_points=60", "--set", "turntable.frames=4",
+                     "--set", "turntable.size=16", "--set", "progress=false", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    assert "scene:" in capsys.readouterr().out
+    resolved = load_config(Text3DConfig, tmp_path / "config.yaml")
+    assert resolved.seed == 3 and resolved.method.KIND == load_config(Text3DConfig, preset).method.KIND
+    assert len(load_ply(tmp_path / "scene.ply")) > 0
+
+
+def test_presets_exist():
+    assert {p.stem for p in PRESETS} >= {"shapes-sds", "shapes-vsd", "shapes-csd", "shapes-npg"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["", "--out", "OUT"], "the prompt is empty"),
+    (["a red sphere", "--method", "dreamfusion", "--out", "OUT"], "method.kind must be one of csd, npg, sds, vsd"),
+    (["a red sphere", "--representation", "nerf", "--out", "OUT"], "choose one of: gaussians"),
+    (["a red sphere", "--model", "NOTPIPE", "--out", "OUT"], "is not a diffusers pipeline folder"),
+    (["a red sphere", "--set", "densify.colour=1", "--out", "OUT"], "unknown config key 'densify.colour'"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
+    (tmp_path / "NOTPIPE").mkdir()
+    argv = [a.replace("NOTPIPE", str(tmp_path / "NOTPIPE")).replace("OUT", str(tmp_path / "out")) for a in argv]
+    assert cli_main(["text-to-3d", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_nan_guard_stops_the_run_and_keeps_the_last_good_scene(tiny, tmp_path, monkeypatch):
+    real = run_module.guidance_from_model
+
+    class Poisoned:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def gradient(self, images, *args, **kwargs):
+            return self.inner.gradient(images * float("nan"), *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "guidance_from_model", lambda *a: Poisoned(real(*a)))
+    config = load_text3d_config(None, [f"model={tiny}", *SMALL, "turntable.frames=2"])
+    with pytest.raises(RunStopped, match="not finite for 10 steps"):
+        run_text_to_3d("a red sphere", config, tmp_path, progress=False)
+    assert len(load_ply(tmp_path / "scene.ply")) == 150 and load_ply(tmp_path / "scene.ply").means.isfinite().all()
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped_steps"] == 10
