@@ -66,7 +66,7 @@ class Text3DResult:
     seconds: float
     """Wall-clock of the optimisation loop."""
     final_loss: float
-    """Mean surrogate loss over the last 10% of steps."""
+    """Mean loss (guidance surrogate plus regulariser) over the last 10% of steps."""
     skipped_steps: int
     """Steps skipped by the NaN guard."""
     evaluation: Eval3DResult | None
@@ -94,6 +94,8 @@ def validate(prompt: str, config: Text3DConfig) -> None:
     check_range("optim.tv_weight", config.optim.tv_weight, 0.0)
     if config.resolution is not None:
         check_range("resolution", config.resolution, 8)
+    check_range("cameras.distance", config.cameras.distance, 1.0001)
+    check_range("cameras.fov_deg", config.cameras.fov_deg, 1.0, 170.0)
     lo, hi = config.cameras.elevation_range_deg
     check_range("cameras.elevation_range_deg[0]", lo, -89.0, 89.0)
     check_range("cameras.elevation_range_deg[1]", hi, lo, 89.0)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,9 @@ from gendistill.score.guidance import SDSConfig
 from gendistill.score.policies import Decreasing
 from gendistill.score.vsd import VSDConfig
 from gendistill.text_to_3d.config import Text3DConfig, load_text3d_config
-from gendistill.text_to_3d.run import gaussian_blur, run_text_to_3d, view_prompt
+from gendistill.render.gaussians import init_from_sphere
+from gendistill.render.ply import save_ply
+from gendistill.text_to_3d.run import gaussian_blur, initial_gaussians, run_text_to_3d, view_prompt
 from text3d_cli import cli_main
 from tiny_pipelines import tiny_sd_pipeline
 
@@ -76,6 +79,26 @@ def test_gradient_blur_keeps_constants_and_mass():
     spike[:, :, 7, 7] = 1
     blurred = gaussian_blur(spike, 1.0)
     assert torch.allclose(blurred.sum((2, 3)), torch.ones(2, 3)) and blurred[0, 0, 7, 7] < 0.2
+
+
+def test_initial_gaussians_from_a_ball_a_3dgs_file_or_a_point_cloud(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ball = initial_gaussians(load_text3d_config(None, ["init.num_points=50", "init.colour_jitter=0.1"]), g)
+    colours = ball.base_colors
+    assert len(ball) == 50 and ((colours - 0.5).abs() <= 0.1 + 1e-6).all() and ball.means.norm(dim=1).max() <= 0.6
+    gaussians = init_from_sphere(30, 0.5, g, sh_degree=1)
+    save_ply(gaussians, tmp_path / "g.ply")
+    loaded = initial_gaussians(load_text3d_config(None, [f"init.ply={tmp_path / 'g.ply'}"]), g)
+    assert torch.equal(loaded.means, gaussians.means.detach()) and loaded.sh_degree == 1
+    points = np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+                                ("blue", "u1")])
+    points["x"], points["red"], points["blue"] = [0.0, 0.5, -0.5], 255, [0, 51, 255]
+    header = ("ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    (tmp_path / "p.ply").write_bytes(header.encode() + points.tobytes())
+    cloud = initial_gaussians(load_text3d_config(None, [f"init.ply={tmp_path / 'p.ply'}"]), g)
+    assert torch.allclose(cloud.means[:, 0], torch.tensor([0.0, 0.5, -0.5]))
+    assert torch.allclose(cloud.base_colors, torch.tensor([[1.0, 0, 0], [1, 0, 0.2], [1, 0, 1]]), atol=1e-5)
 
 
 def test_view_prompts_follow_the_caption_template():
