@@ -121,12 +121,24 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
 
 
 def _with_default_kind(field: dataclasses.Field, value):
-    """A variant section without ``kind:`` keeps the variant of the field's default."""
-    if not isinstance(value, dict) or "kind" in value:
+    """A section given as a mapping is laid over the field's own default (so ``--set trainer.steps=5`` keeps
+    the other trainer values the default config chose); a variant without ``kind:`` keeps the default's."""
+    if not isinstance(value, dict):
         return value
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if not dataclasses.is_dataclass(default):
+        return value
     kind = getattr(type(default), "KIND", None)
-    return {"kind": kind, **value} if kind else value
+    if "kind" in value and value["kind"] != kind:
+        return value
+    return _deep_merge(to_dict(default), value)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _join(where: str, key: str) -> str:

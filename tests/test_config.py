@@ -107,3 +107,11 @@ def test_yes_and_no_stay_strings():
 def test_variant_section_without_kind_keeps_the_default_variant():
     cfg = load_config(Run, None, ["recipe.fake_updates=7"])
     assert isinstance(cfg.recipe, DMD) and cfg.recipe.fake_updates == 7
+
+
+def test_override_keeps_the_other_values_of_a_non_default_section():
+    from gendistill.distill.config import DistillConfig
+
+    cfg = load_config(DistillConfig, None, ["trainer.steps=150"])
+    assert cfg.trainer.steps == 150 and cfg.trainer.ema_decay == 0.99
+    assert cfg.trainer.optimizers["generator"].lr == 1e-4 and cfg.trainer.checkpoint_every == 100

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from gendistill.cli import main as cli_main
 from gendistill.config import save_config
 from gendistill.domains.shapes import Scene, camera_rays, orbit_cameras, render_batch, stack_cameras
 from gendistill.errors import UserError
@@ -13,7 +14,6 @@ from gendistill.render.ply import save_ply
 from gendistill.text_to_3d.config import Text3DConfig
 from gendistill.text_to_3d.evaluate3d import (colour_error, evaluate_gaussians, evaluate_renders, heldout_cameras,
                                               silhouette_iou)
-from text3d_cli import cli_main
 
 
 def test_oracle_identities():

@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from gendistill.cli import main as cli_main
 from gendistill.config import load_config
 from gendistill.domains.shapes import Camera
 from gendistill.errors import RunStopped
-from gendistill.render.ply import load_ply
-from gendistill.render.gaussians import SPLAT_KEYS
-from gendistill.text_to_3d import run as run_module
+from gendistill.render.gaussians import SPLAT_KEYS, init_from_sphere
+from gendistill.render.ply import load_ply, save_ply
 from gendistill.score.guidance import SDSConfig
 from gendistill.score.policies import Decreasing
 from gendistill.score.vsd import VSDConfig
+from gendistill.text_to_3d import run as run_module
 from gendistill.text_to_3d.config import Text3DConfig, load_text3d_config
-from gendistill.render.gaussians import init_from_sphere
-from gendistill.render.ply import save_ply
 from gendistill.text_to_3d.run import gaussian_blur, initial_gaussians, run_text_to_3d, view_prompt
-from text3d_cli import cli_main
 from tiny_pipelines import tiny_sd_pipeline
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "text-to-3d").glob("*.yaml"))
