@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from gendistill.config import _apply_override as apply_override  # the --set parser of gendistill.config
-from gendistill.config import from_dict, read_yaml, to_dict
+from gendistill.config import load_config
 from gendistill.domains.shapes.camera import DISTANCE, ELEVATION_RANGE_DEG, FOV_DEG
 from gendistill.score.guidance import CSDConfig, NPGConfig, SDSConfig
 from gendistill.score.policies import Decreasing
@@ -233,18 +232,6 @@ class Text3DConfig:
 
 
 def load_text3d_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Text3DConfig:
-    """``load_config`` with merge semantics: the YAML file and the ``key=value`` overrides change only the
-    keys they name, on top of Text3DConfig's defaults, so ``--set method.guidance_scale=10`` keeps the tuned
-    method's other values. A section whose ``kind`` differs from the default's replaces it."""
-    overlay: dict = {} if path is None else read_yaml(path)
-    for item in overrides or []:
-        apply_override(overlay, item)
-    return from_dict(Text3DConfig, _merge(to_dict(Text3DConfig()), overlay))
-
-
-def _merge(base, overlay):
-    if not (isinstance(base, dict) and isinstance(overlay, dict)):
-        return overlay
-    if "kind" in overlay and "kind" in base and overlay["kind"] != base["kind"]:
-        return overlay
-    return {**base, **{key: _merge(base.get(key), value) for key, value in overlay.items()}}
+    """``load_config`` for text-to-3D: the YAML file and ``key=value`` overrides change only the keys they
+    name, on top of the tuned defaults (a section whose ``kind`` differs from the default's replaces it)."""
+    return load_config(Text3DConfig, path, overrides)
