@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 from gendistill.cli import DefaultsFormatter
 
 
@@ -25,6 +28,7 @@ def run(args) -> int:
     from gendistill.distill.run import run_distill
 
     config = load_config(DistillConfig, args.config, args.overrides)  # fails on bad keys before any work
-    result = run_distill(config, args.out, resume=args.resume)
+    command = "gendistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    result = run_distill(config, args.out, resume=args.resume, command=command)
     print(f"student: {result.pipeline} (trained in {result.train_seconds:.0f} s)")
     return 0

@@ -21,6 +21,7 @@ from gendistill.config import save_config
 from gendistill.distill.config import DistillConfig
 from gendistill.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
 from gendistill.distill.export import export_student, student_scheduler
+from gendistill.distill.model_card import write_model_card
 from gendistill.distill.recipes import BoundRecipe, bind_recipe
 from gendistill.distill.report import DistillReport, final_report
 from gendistill.errors import UserError
@@ -62,7 +63,10 @@ def student_model(teacher: TextToImageModel, bound: BoundRecipe, unet) -> TextTo
     return TextToImageModel(type(pipe)(**{**pipe.components, "unet": unet, "scheduler": scheduler}))
 
 
-def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> DistillResult:
+def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                command: str | None = None) -> DistillResult:
+    """Train, export ``out_dir/pipeline`` with its model card, and (on the shapes world) measure teacher vs
+    student; ``command`` is recorded in the card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
@@ -78,12 +82,13 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
     result = trainer.fit(resume=resume)
     weights = trainer.ema.shadow if trainer.ema is not None else None
     pipeline = export_student(teacher.pipe, bound.export_unet(weights), bound.sampling, out_dir / "pipeline")
-    _write_model_meta(pipeline, config, bound, result.seconds)
+    meta = _write_model_meta(pipeline, config, bound, result.seconds)
     plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
     report = None
     if config.data.source == "shapes":
         student = TextToImageModel(load_pipeline(str(pipeline), device=pick_device(config.device)))
         report = final_report(config, teacher, student, bound, out_dir, result.seconds)
+    write_model_card(pipeline, config, meta, report, command)
     return DistillResult(out_dir, pipeline, result.seconds, report)
 
 
@@ -110,9 +115,10 @@ def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecip
     return evaluate
 
 
-def _write_model_meta(pipeline: Path, config: DistillConfig, bound: BoundRecipe, seconds: float) -> None:
+def _write_model_meta(pipeline: Path, config: DistillConfig, bound: BoundRecipe, seconds: float) -> dict:
     """``gendistill.json`` beside the diffusers files: how to sample this student (read by eval/demo)."""
     meta = {"recipe": config.recipe.KIND, "steps": bound.default_steps, "max_steps": bound.max_steps,
             "guidance": bound.guidance, "teacher": config.teacher, "train_seconds": round(seconds, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     (pipeline / "gendistill.json").write_text(json.dumps(meta, indent=2))
+    return meta

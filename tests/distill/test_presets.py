@@ -50,8 +50,12 @@ def test_preset_runs_two_steps_on_tiny_components(preset, tiny_teachers, tmp_pat
     assert (tmp_path / "checkpoints" / "latest").is_file()
     pipe = DiffusionPipeline.from_pretrained(result.pipeline)
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    card = (result.pipeline / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers") and "num_inference_steps=" in card
+    assert (result.pipeline / "training_config.yaml").read_text() == (tmp_path / "config.yaml").read_text()
     if config.data.source == "shapes":
         assert (tmp_path / "metrics.json").is_file() and (tmp_path / "grid.png").is_file()
+        assert "| student |" in card  # the teacher-vs-student table
 
 
 def test_killed_and_resumed_distillation_ends_with_the_same_student(tiny_teachers, tmp_path):
