@@ -41,8 +41,8 @@ def _front_matter(meta: dict) -> str:
 def _usage(pipeline: Path, meta: dict) -> str:
     name = RECIPE_NAMES.get(meta["recipe"], meta["recipe"])
     guidance = meta["guidance"]
-    note = ("guidance is distilled in (a w-embedding): `guidance_scale` picks the embedded scale and costs no "
-            "extra network call" if meta["recipe"] == "lcm" and guidance > 0 else
+    note = ("guidance is distilled in as a w-embedding; `guidance_scale` picks the embedded scale at no extra "
+            "network call" if meta["recipe"] == "lcm" and guidance > 0 else
             "guidance is distilled in: sample with `guidance_scale=0`")
     return (f"# gendistill {meta['recipe']} student, {meta['steps']} steps\n\n"
             f"A {meta['steps']}-step student of `{meta['teacher']}`, made by {name}. Stock diffusers samples it "
@@ -61,8 +61,7 @@ def _training(config, meta: dict, command: str | None) -> str:
         lines.append(f"- command: `{command}`")
     lines += [f"- recipe `{meta['recipe']}`, seed {trainer.seed}, {trainer.steps} trainer steps, batch "
               f"{config.data.batch_size}, EMA {trainer.ema_decay} (exported)",
-              f"- wall-clock: {meta['train_seconds']:.0f} s of training on {torch.get_num_threads()} CPU thread(s) "
-              f"({platform.processor() or platform.machine()}), torch {torch.__version__}",
+              f"- wall-clock: {meta['train_seconds']:.0f} s of training on {_hardware(meta)}, torch {torch.__version__}",
               "- resolved config: `training_config.yaml` in this folder"]
     return "\n".join(lines)
 
@@ -72,3 +71,9 @@ def _evaluation(report: DistillReport | None) -> str:
         return "## Evaluation\n\nNot measured (the run's data was not the shapes world)."
     return ("## Evaluation (end of the run, shapes world; prompt accuracy by the shipped classifier, FID and "
             "diversity in its feature space)\n\n" + report.markdown())
+
+
+def _hardware(meta: dict) -> str:
+    if meta.get("device", "cpu") != "cpu":
+        return meta["device"]
+    return f"{meta.get('threads', '?')} CPU thread(s) ({platform.machine()})"

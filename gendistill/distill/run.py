@@ -119,6 +119,7 @@ def _write_model_meta(pipeline: Path, config: DistillConfig, bound: BoundRecipe,
     """``gendistill.json`` beside the diffusers files: how to sample this student (read by eval/demo)."""
     meta = {"recipe": config.recipe.KIND, "steps": bound.default_steps, "max_steps": bound.max_steps,
             "guidance": bound.guidance, "teacher": config.teacher, "train_seconds": round(seconds, 1),
+            "device": pick_device(config.device), "threads": torch.get_num_threads(),
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     (pipeline / "gendistill.json").write_text(json.dumps(meta, indent=2))
     return meta
