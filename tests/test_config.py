@@ -115,3 +115,10 @@ def test_override_keeps_the_other_values_of_a_non_default_section():
     cfg = load_config(DistillConfig, None, ["trainer.steps=150"])
     assert cfg.trainer.steps == 150 and cfg.trainer.ema_decay == 0.99
     assert cfg.trainer.optimizers["generator"].lr == 1e-4 and cfg.trainer.checkpoint_every == 100
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads `5e-3` as a string; users type it on the command line all the time."""
+    cfg = load_config(Run, write(tmp_path, "optim:\n  lr: 1e-3\n"), ["seed=7"])
+    assert cfg.optim.lr == 1e-3 and cfg.seed == 7
+    assert load_config(Run, None, ["optim.lr=5e-3"]).optim.lr == 5e-3
