@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,12 +33,39 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | 
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
+    _disable_transformers_progress()  # its per-weight "Loading weights" bar, a blink for our models
     source = resolve_model(model)
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None)
+        with quiet_pipeline_notices():
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None)
     except (OSError, ValueError, EnvironmentError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"could not load a diffusers pipeline from {model!r}: {first}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
+
+
+@contextmanager
+def quiet_pipeline_notices():
+    """Silence two notices that building our pipelines always triggers and that say nothing to our users: the
+    disabled safety checker (we pass None on purpose) and ``steps_offset != 1`` (unused by the trailing
+    spacing every shipped scheduler has). Other warnings still show."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*steps_offset", category=FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _disable_transformers_progress() -> None:
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging.disable_progress_bar()

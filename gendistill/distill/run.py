@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gendistill.backends.loading import load_pipeline
+from gendistill.backends.loading import load_pipeline, quiet_pipeline_notices
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
 from gendistill.distill.config import DistillConfig
@@ -60,7 +60,8 @@ def student_model(teacher: TextToImageModel, bound: BoundRecipe, unet) -> TextTo
     """The teacher pipeline with the student UNet and scheduler, in memory (for evaluation)."""
     pipe = teacher.pipe
     scheduler = student_scheduler(dict(pipe.scheduler.config), bound.sampling)
-    return TextToImageModel(type(pipe)(**{**pipe.components, "unet": unet, "scheduler": scheduler}))
+    with quiet_pipeline_notices():
+        return TextToImageModel(type(pipe)(**{**pipe.components, "unet": unet, "scheduler": scheduler}))
 
 
 def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
