@@ -37,7 +37,7 @@ from gendistill.diffusion.samplers import ddim_step
 from gendistill.backends.lora import lora_student, mark_only_lora_trainable
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.errors import UserError, check_choice
-from gendistill.train.recipe import Loss, Phase
+from gendistill.recipe import Loss, Phase
 
 
 @dataclass

@@ -38,7 +38,7 @@ from gendistill.distill.dmd_gan import (GANHead, bottleneck_channels, bottleneck
                                         frozen, generator_gan_loss)
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.errors import UserError, check_choice, check_range
-from gendistill.train.recipe import Loss, Phase
+from gendistill.recipe import Loss, Phase
 
 FakeWeighting = Literal["x0", "eps", "v", "min_snr"]
 REFERENCE_TIMESTEPS = 1000

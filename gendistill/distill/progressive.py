@@ -29,7 +29,7 @@ from gendistill.diffusion.samplers import ddim_step, initial_scale
 from gendistill.diffusion.schedules import DiscreteVPSchedule
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.errors import UserError
-from gendistill.train.recipe import Loss, Phase
+from gendistill.recipe import Loss, Phase
 
 Target = Literal["x0", "v"]
 Weighting = Literal["truncated_snr", "snr_plus_one"]

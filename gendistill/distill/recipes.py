@@ -13,7 +13,7 @@ from gendistill.distill.export import StudentSampling
 from gendistill.backends.lora import has_lora, merge_lora
 from gendistill.distill.models import DistillBatch, TeacherStudent
 from gendistill.distill.progressive import ProgressiveConfig, ProgressiveRecipe
-from gendistill.train.recipe import Recipe
+from gendistill.recipe import Recipe
 
 
 @dataclass

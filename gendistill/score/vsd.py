@@ -35,7 +35,7 @@ from gendistill.errors import UserError, check_choice, check_range
 from gendistill.score.guidance import (WEIGHTINGS, GuidanceOutput, Teacher, Weighting, check_batch, randn,
                                        weighted)
 from gendistill.score.policies import TimestepPolicy, UniformRange
-from gendistill.train.recipe import Loss
+from gendistill.recipe import Loss
 
 FakeWeighting = Literal["x0", "eps", "v", "min_snr"]
 

@@ -24,7 +24,7 @@ from gendistill.errors import RunStopped, UserError
 from gendistill.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.ema import EMA
-from gendistill.train.recipe import Phase, Recipe
+from gendistill.recipe import Phase, Recipe
 
 BatchFn = Callable[[int, torch.Generator], Any]
 EvalFn = Callable[[int], dict[str, float]]

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from gendistill.train.recipe import Loss, Phase
+from gendistill.recipe import Loss, Phase
 
 
 class ToyRecipe:

@@ -1,4 +1,7 @@
-"""The contract between the trainer and a recipe.
+"""The contract between the trainer (train/) and a recipe (distill/, score/).
+
+It sits at the package root, beside config and errors, so the layers below train/ implement it without
+importing upward.
 
 A recipe declares its phases and, for a batch, phase and step, returns a ``Loss``. It owns no optimizer
 and no loop: the trainer decides when each phase runs, steps its optimizer, and keeps the EMA.
