@@ -204,6 +204,13 @@ class Teacher:
         noise = randn(x0.shape, generator, x0)
         return Noised(x0.detach() + expand_sigma(sigma, x0) * noise, sigma, t, noise)
 
+    def prepare(self, images: Tensor, prompts: Sequence[str], policy: TimestepPolicy, step: int,
+                total_steps: int, generator: torch.Generator) -> tuple[Tensor, Noised]:
+        """Every method's start: check one prompt per image, encode (with grad), draw t and noise."""
+        check_batch(images, prompts)
+        latents = self.encode(images)
+        return latents, self.noised(latents, policy, step, total_steps, generator)
+
     def output(self, latents: Tensor, grad: Tensor, noised: Noised, terms: dict[str, float]) -> GuidanceOutput:
         grad = grad.detach()
         loss = surrogate_loss(latents, grad)
@@ -253,10 +260,8 @@ class SDS:
 
     def gradient(self, images: Tensor, prompts: Sequence[str], step: int, total_steps: int,
                  generator: torch.Generator, cameras: Tensor | None = None) -> GuidanceOutput:
-        check_batch(images, prompts)
         c = self.config
-        latents = self.teacher.encode(images)
-        noised = self.teacher.noised(latents, c.timesteps, step, total_steps, generator)
+        latents, noised = self.teacher.prepare(images, prompts, c.timesteps, step, total_steps, generator)
         real_score = self.teacher.guided(len(prompts), c.guidance_scale, c.guidance_rescale, c.negative_prompt)
         with torch.no_grad():
             real = real_score(noised.x, noised.sigma, self.teacher.conditions(prompts))
@@ -294,10 +299,8 @@ class CSD:
 
     def gradient(self, images: Tensor, prompts: Sequence[str], step: int, total_steps: int,
                  generator: torch.Generator, cameras: Tensor | None = None) -> GuidanceOutput:
-        check_batch(images, prompts)
         c, n = self.config, len(prompts)
-        latents = self.teacher.encode(images)
-        noised = self.teacher.noised(latents, c.timesteps, step, total_steps, generator)
+        latents, noised = self.teacher.prepare(images, prompts, c.timesteps, step, total_steps, generator)
         conds = [self.teacher.unconditional(n), self.teacher.conditions(prompts)]
         w_neg = c.negative_weight.value(step) if c.negative_prompt else 0.0
         if w_neg != 0.0:
@@ -362,10 +365,8 @@ class NegativePromptGuidance:
 
     def gradient(self, images: Tensor, prompts: Sequence[str], step: int, total_steps: int,
                  generator: torch.Generator, cameras: Tensor | None = None) -> GuidanceOutput:
-        check_batch(images, prompts)
         c, n = self.config, len(prompts)
-        latents = self.teacher.encode(images)
-        noised = self.teacher.noised(latents, c.timesteps, step, total_steps, generator)
+        latents, noised = self.teacher.prepare(images, prompts, c.timesteps, step, total_steps, generator)
         conds = [self.teacher.unconditional(n), self.teacher.conditions(prompts),
                  self.teacher.negative(c.negative_prompt, n)]
         d_u, d_c, d_n = self.teacher.branches(noised.x, noised.sigma, conds)

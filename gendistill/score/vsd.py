@@ -173,10 +173,8 @@ class VSD:
 
     def gradient(self, images: Tensor, prompts: Sequence[str], step: int, total_steps: int,
                  generator: torch.Generator, cameras: Tensor | None = None) -> GuidanceOutput:
-        check_batch(images, prompts)
         c = self.config
-        latents = self.teacher.encode(images)
-        noised = self.teacher.noised(latents, c.timesteps, step, total_steps, generator)
+        latents, noised = self.teacher.prepare(images, prompts, c.timesteps, step, total_steps, generator)
         cond = self.teacher.conditions(prompts)
         with torch.no_grad():
             real = self.teacher.guided(len(prompts), c.guidance_scale)(noised.x, noised.sigma, cond)
