@@ -7,8 +7,9 @@ from gendistill.cli import DefaultsFormatter
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval-3d", help="measure a text-to-3d result (silhouette IoU, colour error, prompt accuracy)",
-                       description="Render DIR/scene.ply from 8 held-out cameras and compare with the analytic "
-                                   "render of the shapes caption in DIR/config.yaml: silhouette IoU, colour error "
+                       description="Render the scene of DIR (scene.ply of Gaussians, or a NeRF's field.safetensors) "
+                                   "from 8 held-out cameras and compare with the analytic render of the shapes "
+                                   "caption in DIR/config.yaml: silhouette IoU, colour error "
                                    "inside the silhouette and the classifier's prompt accuracy. Prints a table and "
                                    "writes DIR/eval3d.json.",
                        formatter_class=DefaultsFormatter)

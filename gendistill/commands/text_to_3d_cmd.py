@@ -6,14 +6,17 @@ from gendistill.cli import DefaultsFormatter
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("text-to-3d", help="make 3D Gaussians of a prompt by score distillation (SDS, VSD, CSD, NPG)",
-                       description="Optimise 3D Gaussians so that a diffusers text-to-image model likes every view of "
-                                   "them. Writes DIR/scene.ply (3DGS layout), a turntable GIF, held-out views, "
-                                   "metrics.json, curves.png and the resolved config.yaml; shapes captions also get "
-                                   "eval3d.json (silhouette IoU, colour error, prompt accuracy).",
+    p = sub.add_parser("text-to-3d", help="make a 3D scene of a prompt by score distillation (SDS, VSD, CSD, NPG)",
+                       description="Optimise 3D Gaussians (or a NeRF) so that a diffusers text-to-image model likes "
+                                   "every view of them. Writes DIR/scene.ply (Gaussians, 3DGS layout; a NeRF writes "
+                                   "field.safetensors and the marching-cubes mesh scene_mesh.ply/.obj/.glb), a "
+                                   "turntable GIF, held-out views, metrics.json, curves.png and the resolved "
+                                   "config.yaml; shapes captions also get eval3d.json (silhouette IoU, colour error, "
+                                   "prompt accuracy). Ctrl-C stops the run and still writes them.",
                        formatter_class=DefaultsFormatter)
     p.add_argument("prompt", help="what to make, e.g. 'a red sphere'")
-    p.add_argument("--representation", default=None, help="gaussians (nerf: a later release); default: the config's")
+    p.add_argument("--representation", default=None,
+                   help="gaussians or nerf (needs pip install 'gendistill[nerf]'); default: the config's (gaussians)")
     p.add_argument("--method", default=None, help="sds, vsd, csd or npg; default: the config's (sds)")
     p.add_argument("--model", default=None, help="diffusers pipeline folder or hub id; default: assets/shapes-teacher")
     p.add_argument("--config", default=None, help="YAML config (see configs/text-to-3d/)")
@@ -36,7 +39,7 @@ def run(args) -> int:
             overrides.append(f"{key}={value}")
     config = load_text3d_config(args.config, overrides)  # fails on bad keys before any work
     result = run_text_to_3d(args.prompt, config, args.out)
-    print(f"scene: {result.ply} ({result.num_gaussians} Gaussians, {result.seconds:.0f} s); "
+    print(f"scene: {result.ply} ({result.scene.describe()}, {result.seconds:.0f} s); "
           f"turntable: {', '.join(str(p) for p in result.turntable)}")
     if result.evaluation is not None:
         from gendistill.text_to_3d.evaluate3d import format_eval_table

@@ -12,12 +12,13 @@ from typing import ClassVar
 
 from gendistill.config import load_config
 from gendistill.domains.shapes.camera import DISTANCE, ELEVATION_RANGE_DEG, FOV_DEG
+from gendistill.render.nerf.fields import FieldConfig, HashGridSizes
 from gendistill.score.guidance import CSDConfig, NPGConfig, SDSConfig
 from gendistill.score.policies import Decreasing
 from gendistill.score.vsd import VSDConfig
 
-REPRESENTATIONS = ("gaussians",)
-"""Representations this release can optimise ("nerf" comes later)."""
+REPRESENTATIONS = ("gaussians", "nerf")
+"""What text-to-3D can optimise: 3D Gaussians, or a NeRF (needs the ``nerf`` extra)."""
 
 
 @dataclass
@@ -186,6 +187,64 @@ class TurntableConfig:
     """Frames per second of the GIF (and MP4)."""
 
 
+def default_nerf_field() -> FieldConfig:
+    """A small hash-grid field for the shapes world on a CPU (the objects fit the unit ball)."""
+    return FieldConfig(architecture="hashgrid", bound=1.2, hidden_width=32,
+                       hashgrid=HashGridSizes(num_levels=6, min_res=8, max_res=64, log2_hashmap_size=14))
+
+
+@dataclass
+class MeshConfig:
+    """The triangle mesh a NeRF run exports (marching cubes on the density grid)."""
+
+    resolution: int = 96
+    """Grid points per axis over the field's cube."""
+    density_threshold: float = 10.0
+    """Iso-level of the density (per unit length): about where a ray's opacity crosses 0.5 within a few
+    samples."""
+    formats: tuple[str, ...] = ("ply", "obj", "glb")
+    """Files written beside the checkpoint: ply (binary, vertex colours), obj and glb."""
+
+
+@dataclass
+class NerfConfig:
+    """The ``nerf`` representation: a radiance field, volume rendered (used when representation is nerf)."""
+
+    num_samples: int = 32
+    """Stratified samples per ray while training (jittered)."""
+    num_importance: int = 0
+    """Extra samples per ray drawn from a gradient-free first pass (0: off)."""
+    eval_samples: int = 64
+    """Samples per ray of the evaluation, turntable and export renders (deterministic)."""
+    lr: float | None = None
+    """Adam learning rate of every parameter; None: the field's suggested rates (its architecture's
+    ``encoder_lr`` for the encoder, ``head_lr`` for the MLP heads)."""
+    lr_final: float = 0.3
+    """The rates decay exponentially to this fraction of their start over the run."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam's betas."""
+    initial_density: float = 0.01
+    """Density of the fresh field everywhere (its density head's bias is shifted to give it): an empty cube,
+    not a grey fog, at the start."""
+    density_blob: float = 8.0
+    """Density added at the centre while training, ``blob * (1 - |x| / blob_radius)`` inside that radius
+    (DreamFusion's and Magic3D's initial blob: the first renders show an object, not empty space); 0: off."""
+    blob_radius: float = 0.6
+    """Radius of that blob."""
+    blob_fraction: float = 0.5
+    """The blob fades linearly to nothing over this fraction of the run, so the final field (what is saved,
+    evaluated and meshed) needs no blob."""
+    opacity_weight: float = 0.0
+    """Weight of the mean rendered opacity added to the loss (a sparsity prior against fog; 0: off)."""
+    chunk: int = 8192
+    """Rays through the field at a time (memory)."""
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """The exported mesh."""
+    # last: from here on the class body's ``field`` is this attribute, not dataclasses.field
+    field: FieldConfig = field(default_factory=default_nerf_field)
+    """Architecture (hashgrid, tensorf-vm, tensorf-cp, mlp), cube and sizes of the field."""
+
+
 def default_method() -> SDSConfig:
     """SDS as tuned for the shapes teacher (SDSConfig's own defaults are DreamFusion's, for Stable Diffusion)."""
     return SDSConfig(guidance_scale=7.5, timesteps=Decreasing(t_start=0.98, t_end=0.2, shape="sqrt", jitter=0.1))
@@ -202,7 +261,7 @@ class Text3DConfig:
     method: SDSConfig | VSDConfig | CSDConfig | NPGConfig = field(default_factory=default_method)
     """Score distillation method; ``kind:`` picks sds, vsd, csd or npg."""
     representation: str = "gaussians"
-    """What is optimised: gaussians (nerf comes in a later release)."""
+    """What is optimised: gaussians (3D Gaussian splats) or nerf (a radiance field; the nerf extra)."""
     iterations: int = 600
     """Optimisation steps."""
     batch_size: int = 4
@@ -214,11 +273,13 @@ class Text3DConfig:
     cameras: CameraConfig = field(default_factory=CameraConfig)
     """Training cameras."""
     init: InitConfig = field(default_factory=InitConfig)
-    """Initial Gaussians."""
+    """Initial Gaussians (representation gaussians)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    """Optimisers."""
+    """The Gaussians' optimisers; its tv_weight and grad_blur_px shape the loss of every representation."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     """Densification and the prune-only phase."""
+    nerf: NerfConfig = field(default_factory=NerfConfig)
+    """The radiance field, when representation is nerf."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """RGB in [0, 1] behind the Gaussians (white, as the shapes world)."""
     turntable: TurntableConfig = field(default_factory=TurntableConfig)

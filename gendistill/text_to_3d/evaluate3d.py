@@ -118,15 +118,25 @@ def load_default_classifier():
 
 
 @torch.no_grad()
+def evaluate_views(render_views, prompt: str, classifier=None,
+                   background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Eval3DResult, Tensor]:
+    """Render the held-out cameras with ``render_views(cameras, background) -> (rgb, alpha)`` (a scene's, see
+    representations.py) and score them; returns the result and the renders (V, 3, H, W) on the CPU."""
+    caption_scene(prompt)  # fail before rendering
+    cameras = heldout_cameras()
+    rgb, alpha = render_views(Cameras.from_batch(stack_cameras(cameras)), torch.tensor(background))
+    return evaluate_renders(rgb, alpha, prompt, cameras, classifier), rgb.detach().cpu()
+
+
 def evaluate_gaussians(params: GaussianParams, prompt: str, classifier=None,
                        background: tuple[float, float, float] = (1.0, 1.0, 1.0),
                        renderer: GaussianRenderer | None = None) -> tuple[Eval3DResult, Tensor]:
     """Render ``params`` from the held-out cameras and score them; returns the result and the renders."""
-    caption_scene(prompt)  # fail before rendering
-    cameras = heldout_cameras()
-    batch = Cameras.from_batch(stack_cameras(cameras))
-    out = (renderer or GaussianRenderer()).render(params, batch, torch.tensor(background))
-    return evaluate_renders(out.rgb, out.alpha, prompt, cameras, classifier), out.rgb.cpu()
+    def render_views(cameras, bg):
+        out = (renderer or GaussianRenderer()).render(params, cameras, bg)
+        return out.rgb, out.alpha
+
+    return evaluate_views(render_views, prompt, classifier, background)
 
 
 def format_eval_table(result: Eval3DResult) -> str:
@@ -142,20 +152,24 @@ def format_eval_table(result: Eval3DResult) -> str:
 
 
 def evaluate_run_dir(run_dir: str | Path, classifier="auto") -> Eval3DResult:
-    """``gendistill eval-3d DIR``: score DIR/scene.ply for the prompt in DIR/config.yaml; writes DIR/eval3d.json."""
+    """``gendistill eval-3d DIR``: score the scene in DIR (scene.ply of Gaussians, or a NeRF's field.safetensors)
+    for the prompt in DIR/config.yaml; writes DIR/eval3d.json."""
     from gendistill.config import load_config
-    from gendistill.render.ply import load_ply
     from gendistill.text_to_3d.config import Text3DConfig
+    from gendistill.text_to_3d.representations import load_scene, scene_files
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder; give the --out folder of a text-to-3d run")
-    for name in ("scene.ply", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir} has no {name}; give the --out folder of a text-to-3d run")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} has no config.yaml; give the --out folder of a text-to-3d run")
     config = load_config(Text3DConfig, run_dir / "config.yaml")
-    params = load_ply(run_dir / "scene.ply")
+    needed = scene_files(config.representation)[-1]
+    if not (run_dir / needed).is_file():
+        raise UserError(f"{run_dir} has no {needed}; give the --out folder of a text-to-3d run")
+    caption_scene(config.prompt)  # fail before loading the scene
+    scene = load_scene(run_dir, config)
     classifier = load_default_classifier() if classifier == "auto" else classifier
-    result, _ = evaluate_gaussians(params, config.prompt, classifier, config.background)
+    result, _ = evaluate_views(scene.render_views, config.prompt, classifier, config.background)
     (run_dir / "eval3d.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result

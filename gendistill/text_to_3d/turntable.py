@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gendistill.render.cameras import orbit
-from gendistill.render.gaussians import GaussianParams, GaussianRenderer
+from gendistill.render.cameras import Cameras, orbit
+
+RenderViews = Callable[[Cameras, Tensor], tuple[Tensor, Tensor]]
+"""``render_views(cameras, background) -> (rgb (C, 3, H, W), alpha (C, 1, H, W))``, e.g. a scene's."""
 
 
 def mp4_available() -> bool:
@@ -19,15 +22,14 @@ def mp4_available() -> bool:
 
 
 @torch.no_grad()
-def render_turntable(params: GaussianParams, frames: int = 36, elevation_deg: float = 20.0, size: int = 128,
+def render_turntable(render_views: RenderViews, frames: int = 36, elevation_deg: float = 20.0, size: int = 128,
                      background: tuple[float, float, float] = (1.0, 1.0, 1.0), distance: float = 4.0,
-                     fov_deg: float = 35.0, renderer: GaussianRenderer | None = None, chunk: int = 6) -> Tensor:
-    """``frames`` views evenly spaced in azimuth from the front (+x), (frames, 3, size, size) in [0, 1]."""
+                     fov_deg: float = 35.0, chunk: int = 6) -> Tensor:
+    """``frames`` views evenly spaced in azimuth from the front (+x), (frames, 3, size, size) in [0, 1],
+    rendered ``chunk`` cameras at a time by ``render_views`` (a scene's, see representations.py)."""
     cameras = orbit(frames, elevation_deg, distance, fov_deg, size, size)
-    renderer = renderer or GaussianRenderer()
     bg = torch.tensor(background)
-    parts = [renderer.render(params, cameras[i:i + chunk], bg).rgb.clamp(0, 1).cpu()
-             for i in range(0, frames, chunk)]
+    parts = [render_views(cameras[i:i + chunk], bg)[0].clamp(0, 1).cpu() for i in range(0, frames, chunk)]
     return torch.cat(parts)
 
 

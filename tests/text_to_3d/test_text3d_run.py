@@ -1,5 +1,6 @@
 """`run_text_to_3d` and `gendistill text-to-3d` on a tiny random pipeline: outputs, PLY round trip, presets, errors."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_twenty_steps_write_every_output_and_the_ply_round_trips(tiny, tmp_path)
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 20 and metrics["num_gaussians"] == len(loaded) and metrics["method"] == "sds"
+    assert metrics["stopped"] is False and metrics["stop_reason"] is None and not result.stopped
     assert 0 <= metrics["eval3d"]["iou"] <= 1 and len(metrics["eval3d"]["per_view_iou"]) == 8
     resolved = load_config(Text3DConfig, tmp_path / "config.yaml")
     assert resolved.prompt == "A  red sphere".strip() and resolved.iterations == 20 and resolved.model == str(tiny)
@@ -107,26 +109,42 @@ def test_view_prompts_follow_the_caption_template():
     assert view_prompt(" a castle ", Camera(0.0, 70.0)) == "a castle, overhead view"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def _preset_param(preset: Path):
+    nerf = load_config(Text3DConfig, preset).representation == "nerf"
+    return pytest.param(preset, id=preset.stem, marks=[pytest.mark.nerf] if nerf else [])
+
+
+NERF_TINY = ["resolution=16", "nerf.num_samples=8", "nerf.eval_samples=8", "nerf.mesh.resolution=16"]
+
+
+@pytest.mark.parametrize("preset", [_preset_param(p) for p in PRESETS])
 def test_every_preset_runs_two_steps_through_the_cli(preset, tiny, tmp_path, capsys):
+    nerf = load_config(Text3DConfig, preset).representation == "nerf"
+    if nerf:
+        pytest.importorskip("nerfstudio")
+    extra = [item for value in NERF_TINY for item in ("--set", value)] if nerf else []
     code = cli_main(["text-to-3d", "a blue cone", "--config", str(preset), "--model", str(tiny), "--seed", "3",
                      "--set", "iterations=2", "--set", "init.num_points=60", "--set", "turntable.frames=4",
-                     "--set", "turntable.size=16", "--set", "progress=false", "--out", str(tmp_path)])
+                     "--set", "turntable.size=16", "--set", "progress=false", *extra, "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     assert "scene:" in capsys.readouterr().out
     resolved = load_config(Text3DConfig, tmp_path / "config.yaml")
     assert resolved.seed == 3 and resolved.method.KIND == load_config(Text3DConfig, preset).method.KIND
-    assert len(load_ply(tmp_path / "scene.ply")) > 0
+    if nerf:
+        assert (tmp_path / "scene_mesh.ply").is_file() and (tmp_path / "field.safetensors").is_file()
+    else:
+        assert len(load_ply(tmp_path / "scene.ply")) > 0
 
 
 def test_presets_exist():
-    assert {p.stem for p in PRESETS} >= {"shapes-sds", "shapes-vsd", "shapes-csd", "shapes-npg"}
+    assert {p.stem for p in PRESETS} >= {"shapes-sds", "shapes-vsd", "shapes-csd", "shapes-npg", "shapes-sds-nerf"}
 
 
 @pytest.mark.parametrize("argv, message", [
     (["", "--out", "OUT"], "the prompt is empty"),
     (["a red sphere", "--method", "dreamfusion", "--out", "OUT"], "method.kind must be one of csd, npg, sds, vsd"),
-    (["a red sphere", "--representation", "nerf", "--out", "OUT"], "choose one of: gaussians"),
+    (["a red sphere", "--representation", "bogus", "--out", "OUT"],
+     "unknown representation 'bogus'; choose one of: gaussians, nerf"),
     (["a red sphere", "--model", "NOTPIPE", "--out", "OUT"], "is not a diffusers pipeline folder"),
     (["a red sphere", "--set", "densify.colour=1", "--out", "OUT"], "unknown config key 'densify.colour'"),
 ])
@@ -154,3 +172,64 @@ def test_nan_guard_stops_the_run_and_keeps_the_last_good_scene(tiny, tmp_path, m
         run_text_to_3d("a red sphere", config, tmp_path, progress=False)
     assert len(load_ply(tmp_path / "scene.ply")) == 150 and load_ply(tmp_path / "scene.ply").means.isfinite().all()
     assert json.loads((tmp_path / "metrics.json").read_text())["skipped_steps"] == 10
+
+
+def test_nerf_without_nerfstudio_says_how_to_install_it(tmp_path, capsys):
+    if importlib.util.find_spec("nerfstudio") is not None:
+        pytest.skip("nerfstudio is installed here")
+    assert cli_main(["text-to-3d", "a red sphere", "--representation", "nerf", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'gendistill[nerf]'" in err and err.count("\n") == 1
+
+
+class _Stop(Exception):
+    """What a caller's on_step raises to stop a run (the demo's Stop does the same)."""
+
+
+def test_a_run_stopped_from_on_step_writes_its_outputs_then_re_raises(tiny, tmp_path):
+    def on_step(step, images, loss):
+        if step == 4:
+            raise _Stop
+
+    config = load_text3d_config(None, [f"model={tiny}", *SMALL, "turntable.frames=2"])
+    with pytest.raises(_Stop):
+        run_text_to_3d("a red sphere", config, tmp_path, progress=False, on_step=on_step)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["stopped"] is True and metrics["stop_reason"] == "_Stop"
+    assert metrics["steps"] == 5 and metrics["iterations"] == 20  # steps 0..4 were taken
+    assert len(load_ply(tmp_path / "scene.ply")) == metrics["num_gaussians"] > 0
+    assert load_config(Text3DConfig, tmp_path / "config.yaml").iterations == 20
+    for name in ("turntable.gif", "heldout.png", "curves.png", "eval3d.json"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_ctrl_c_writes_the_outputs_and_exits_130(tiny, tmp_path, monkeypatch, capsys):
+    real = run_module.guidance_from_model
+
+    class Interrupted:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def gradient(self, images, prompts, step, *args, **kwargs):
+            if step == 3:
+                raise KeyboardInterrupt
+            return self.inner.gradient(images, prompts, step, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "guidance_from_model", lambda *a: Interrupted(real(*a)))
+    sets = [item for pair in zip(["--set"] * len(SMALL), SMALL) for item in pair]
+    code = cli_main(["text-to-3d", "a red sphere", "--model", str(tiny), *sets, "--set", "turntable.frames=2",
+                     "--out", str(tmp_path)])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["stopped"], metrics["stop_reason"], metrics["steps"]) == (True, "interrupted", 3)
+    assert len(load_ply(tmp_path / "scene.ply")) == 150  # no densification before step 3
+
+
+def test_the_same_seed_gives_the_same_scene(tiny, tmp_path):
+    config = load_text3d_config(None, [f"model={tiny}", *SMALL, "iterations=6", "turntable.frames=1",
+                                       "densify.strategy.refine_every=2", "densify.strategy.grow_grad2d=1e-9"])
+    first = run_text_to_3d("a red sphere", config, tmp_path / "a", progress=False)
+    torch.rand(5)  # the global RNG's state must not matter
+    second = run_text_to_3d("a red sphere", config, tmp_path / "b", progress=False)
+    assert first.num_gaussians == second.num_gaussians > 150  # gsplat split some (with the global RNG)
+    assert (tmp_path / "a" / "scene.ply").read_bytes() == (tmp_path / "b" / "scene.ply").read_bytes()
