@@ -17,7 +17,9 @@ import gradio as gr
 
 from gendistill.app.generation_tab import build_generation_tab
 from gendistill.app.models import ASSETS_DIR, ModelCatalog, Workspace, discover_models
-from gendistill.app.text_to_3d_tab import Runner, Text3DJobs, build_text_to_3d_tab, start_text_to_3d
+from gendistill.app.text_to_3d_jobs import Runner, Text3DJobs, start_text_to_3d
+from gendistill.app.text_to_3d_tab import CSS as TEXT_TO_3D_CSS
+from gendistill.app.text_to_3d_tab import build_text_to_3d_tab
 
 QUEUE_SIZE = 16
 """Requests that may wait in the queue; more are refused with "queue is full"."""
@@ -25,8 +27,8 @@ TITLE = "gendistill demo"
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 .fill img { width: 100%; height: 100%; object-fit: contain; }
-"""
-"""Small images (the shapes world is 64x64) are shown enlarged, with sharp pixels."""
+""" + TEXT_TO_3D_CSS
+"""Small images (the shapes world is 64x64) are shown enlarged, with sharp pixels; the 3D view's background."""
 INTRO = ("**gendistill**: few-step students distilled from a diffusion teacher (progressive, LCM, DMD2), and "
          "text-to-3D by score distillation (SDS, VSD, CSD, NPG). Everything runs on this server's CPU or GPU.")
 

@@ -133,8 +133,11 @@ class ModelCatalog:
                 for e in order]
 
     def default_choice(self) -> str | None:
-        choices = self.choices()
-        return choices[0][1] if choices else None
+        """The model the page starts with: a DMD2 student (the shipped one-step model) if there is one, else
+        the first choice (the student with the fewest steps, or the teacher)."""
+        dmd = [name for _, name in self.choices() if str(self.entries[name].meta.get("recipe", "")).startswith("dmd")]
+        choices = dmd or [name for _, name in self.choices()]
+        return choices[0] if choices else None
 
     def entry(self, name) -> ModelEntry:
         if not isinstance(name, str) or name not in self.entries:

@@ -2,14 +2,14 @@
 
 The teacher ("teacher", no recipe) and a student ("student-2step", a DMD-style gendistill.json) share the tiny
 VAE, so hybrid sampling works. Text-to-3D runs the real ``run_text_to_3d`` on the tiny teacher, except for
-prompts that start with "slow", which a stand-in runner answers: it streams renders until Stop.
+prompts that start with "slow" or "quick", which a stand-in runner answers: "slow" streams renders until Stop,
+"quick" streams a few steps and writes the files of a run (splats in a ball, a turntable GIF, metrics) at once.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -41,15 +41,34 @@ def demo_models(tmp_path_factory) -> dict[str, Path]:
     return {"teacher": teacher, "student-2step": student}
 
 
+def write_quick_run(out_dir: Path) -> None:
+    """The files a Gaussians run leaves, made without optimising: 300 splats in a ball, a 3-frame GIF."""
+    from PIL import Image
+
+    from gendistill.render.gaussians import init_from_sphere
+    from gendistill.render.ply import save_ply
+
+    save_ply(init_from_sphere(300, 0.8, torch.Generator().manual_seed(0), sh_degree=0, opacity=0.8),
+             out_dir / "scene.ply")
+    frames = [Image.new("RGB", (32, 32), (200, 40 * i, 40)) for i in range(3)]
+    frames[0].save(out_dir / "turntable.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    (out_dir / "metrics.json").write_text(json.dumps({"steps": 3}))
+
+
 class SlowRunner:
-    """Streams 4 renders of 8x8 noise every 20 ms until stopped; other prompts go to the real runner."""
+    """Stand-in runs for prompts starting with "slow" (4 renders of 8x8 noise every 20 ms until stopped) or
+    "quick" (3 such steps, then the files of a run); other prompts go to the real runner."""
 
     def __init__(self):
         self.running = 0
 
     def __call__(self, settings, model_path, out_dir, on_step):
-        from gendistill.app.text_to_3d_tab import start_text_to_3d
+        from gendistill.app.text_to_3d_jobs import start_text_to_3d
 
+        if settings.prompt.startswith("quick"):
+            for step in range(3):
+                on_step(step, torch.rand(4, 3, 8, 8), 1.0 / (step + 1))
+            return write_quick_run(out_dir)
         if not settings.prompt.startswith("slow"):
             return start_text_to_3d(settings, model_path, out_dir, on_step)
         self.running += 1
@@ -71,20 +90,6 @@ def demo_server(demo_models):
 
     runner = SlowRunner()
     options = DemoOptions(models=tuple(str(p) for p in demo_models.values()), assets_dir=None, port=free_port())
-    demo, url = launch(options, block=False, runner=runner)
-    yield url, demo, runner
-    demo.close()
-
-
-@pytest.fixture(scope="session")
-def assets_server():
-    """(url, demo, runner) of a demo of real models (for screenshots): those in $GENDISTILL_SCREENSHOT_MODELS,
-    a folder scanned like assets/ ("assets": the shipped ones)."""
-    from gendistill.app.demo import ASSETS_DIR, DemoOptions, launch
-
-    folder = os.environ.get("GENDISTILL_SCREENSHOT_MODELS", "assets")
-    runner = SlowRunner()
-    options = DemoOptions(assets_dir=ASSETS_DIR if folder == "assets" else Path(folder), port=free_port())
     demo, url = launch(options, block=False, runner=runner)
     yield url, demo, runner
     demo.close()

@@ -16,7 +16,10 @@ pytest.importorskip("gradio_client", reason=NEEDS_GRADIO)
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gendistill.app.models import ModelCatalog, Workspace, check_number, check_prompt, discover_models  # noqa: E402
+from gendistill.app.models import (ModelCatalog, ModelEntry, Workspace, check_number, check_prompt,  # noqa: E402
+                                   discover_models)
+from gendistill.app.text_to_3d_jobs import VIEWER_COPY, nerf_available  # noqa: E402
+from gendistill.render.ply import load_ply  # noqa: E402
 from gendistill.errors import UserError  # noqa: E402
 
 GENERATE = dict(negative_prompt="", model="student-2step", steps=2, guidance=0.0, sampler="auto", seed=0,
@@ -99,11 +102,14 @@ def test_bad_inputs_come_back_as_errors(client, overrides, message):
 def test_text_to_3d_returns_a_splat_ply_turntable_and_renders(client):
     job = client.submit("a red cube", "sds", "gaussians", 3, api_name="/text_to_3d")
     renders, loss, status, ply, turntable, files = job.result(timeout=240)
-    assert Path(ply).name == "scene.ply" and Path(ply).read_bytes().startswith(b"ply\n")
+    # the view shows the splats framed for gsplat.js; the downloads hold the run's own scene.ply
+    assert Path(ply).name == VIEWER_COPY and Path(ply).read_bytes().startswith(b"ply\n")
     assert b"property float f_dc_0" in Path(ply).read_bytes()[:2000]  # Gaussian splats, 3DGS layout
     assert Image.open(turntable).format == "GIF" and Image.open(turntable).n_frames > 1
     assert Image.open(renders).size[0] >= 16
-    assert {Path(f).name for f in files} >= {"scene.ply", "turntable.gif", "metrics.json"}
+    assert [Path(f).name for f in files][:2] == ["scene.ply", "turntable.gif"] and VIEWER_COPY not in str(files)
+    assert {Path(f).name for f in files} >= {"metrics.json", "config.yaml", "heldout.png"}
+    assert len(load_ply(ply)) == len(load_ply(next(f for f in files if f.endswith("scene.ply"))))
     assert json.loads(Path(next(f for f in files if f.endswith("metrics.json"))).read_text())["steps"] == 3
     assert [row[0] for row in loss["data"]] == [0, 1, 2]
     assert "Done" in status
@@ -124,9 +130,24 @@ def test_text_to_3d_streams_and_stop_returns_what_was_made(client, demo_server):
     assert client.predict(api_name="/stop") == "nothing is running"
 
 
+@pytest.mark.slow
+def test_stopping_a_real_run_shows_the_scene_it_had(client):
+    job = client.submit("a blue sphere", "sds", "gaussians", 2000, api_name="/text_to_3d")
+    deadline = time.monotonic() + 120
+    while not any("Running" in out[2] for out in job.outputs()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.predict(api_name="/stop") == "stopping…"
+    renders, loss, status, ply, turntable, files = job.result(timeout=120)
+    assert "Stopped" in status and "scene so far" in status
+    metrics = json.loads(Path(next(f for f in files if f.endswith("metrics.json"))).read_text())
+    assert metrics["stopped"] is True and 1 <= metrics["steps"] < 2000 and len(loss["data"]) >= 1
+    assert Path(ply).name == VIEWER_COPY and Image.open(turntable).format == "GIF"
+
+
 @pytest.mark.parametrize("args, message", [
     (("", "sds", "gaussians", 3), "prompt is empty"),
-    (("a red cube", "sds", "nerf", 3), "nerf representation is not available yet"),
+    pytest.param(("a red cube", "sds", "nerf", 3), r"needs nerfstudio.*pip install gendistill\[nerf\]",
+                 marks=pytest.mark.skipif(nerf_available(), reason="nerfstudio is installed here")),
     (("a red cube", "sds", "gaussians", 0), r"iterations must be in \[1, 2000\], got 0"),
     (("a red cube", "sds", "gaussians", 100_000), r"iterations must be in \[1, 2000\]"),
     (("a red cube", "dds", "gaussians", 3), "unknown method 'dds'; choose one of: sds, vsd, csd, npg"),
@@ -174,6 +195,18 @@ def test_discovery_finds_folders_and_picks_the_teacher(demo_models, tmp_path):
         discover_models(None, [str(tmp_path / "not-a-model")])
     with pytest.raises(UserError, match="unknown model"):
         catalog.entry(str(demo_models["teacher"]))
+
+
+def test_the_page_starts_on_the_dmd2_student(tmp_path):
+    def entry(name, **meta):
+        return ModelEntry(name, tmp_path / name, meta)
+
+    catalog = ModelCatalog([entry("shapes-teacher", guidance=2.0), entry("shapes-lcm-4step", recipe="lcm", steps=4),
+                            entry("shapes-progressive-1step", recipe="progressive", steps=1),
+                            entry("shapes-dmd2-1step", recipe="dmd2", steps=1)], "shapes-teacher")
+    assert catalog.default_choice() == "shapes-dmd2-1step"
+    assert [name for _, name in catalog.choices()][-1] == "shapes-teacher"
+    assert ModelCatalog([entry("shapes-teacher")], "shapes-teacher").default_choice() == "shapes-teacher"
 
 
 def test_input_checks_and_session_folders(tmp_path):
