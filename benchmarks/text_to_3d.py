@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/text_to_3d.py [--methods sds,vsd] [--representations gaussians,nerf]
         [--models teacher,dmd2] [--prompts "a red sphere;a blue cube"] [--seeds 0,1,2] [--set k=v ...] [--resume]
 
-Each row is one ``run_text_to_3d`` call with configs/text-to-3d/shapes-<method>.yaml (plus ``--set``), scored by
+Each row is one ``run_text_to_3d`` call with configs/text-to-3d/shapes-<method>[-<representation>].yaml (plus ``--set``), scored by
 the existing eval-3d metrics on the 8 held-out cameras (silhouette IoU, colour error, prompt accuracy), timed
 (wall-clock and process CPU time) and checked against issue 5's targets: within 5 minutes, IoU >= 0.75, prompt
 accuracy >= 0.8. Every finished row is merged into text_to_3d.json at once (under a lock: several processes may
@@ -114,7 +114,9 @@ def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool)
     from gendistill.text_to_3d.config import load_text3d_config
     from gendistill.text_to_3d.run import run_text_to_3d
 
-    preset = ROOT / "configs" / "text-to-3d" / f"shapes-{spec.method}.yaml"
+    presets = ROOT / "configs" / "text-to-3d"
+    preset = presets / f"shapes-{spec.method}-{spec.representation}.yaml"  # e.g. the tuned shapes-sds-nerf.yaml
+    preset = preset if preset.is_file() else presets / f"shapes-{spec.method}.yaml"
     config = load_text3d_config(preset, [f"representation={spec.representation}", f"model={ROOT / MODELS[spec.model]}",
                                          f"seed={spec.seed}", *overrides])
     record = {**asdict(spec), "key": spec.key, "run_dir": str(runs_dir / spec.slug), "overrides": overrides,
