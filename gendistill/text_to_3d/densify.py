@@ -139,7 +139,7 @@ class Densifier:
         return self.config.prune.after is not None and step >= self.config.prune.after
 
     def _info(self, render: RenderOutput, cameras: Cameras) -> dict:
-        return {"means2d": render.means2d, "radii": render.radii, "width": cameras.width,
+        return {"means2d": render.means2d, "radii": strategy_radii(render.radii), "width": cameras.width,
                 "height": cameras.height, "n_cameras": len(cameras), "gaussian_ids": None}
 
     def _capped(self) -> bool:
@@ -188,3 +188,12 @@ class Densifier:
             self.state.update(per_gaussian)
         return DensifyEvent(step, before, len(self.params), int(masks.oversized.sum()),
                             int(masks.transparent.sum()), int(masks.floaters.sum()))
+
+
+def strategy_radii(radii: Tensor) -> Tensor:
+    """Screen radii as the installed gsplat's strategies read them: (C, N, 2) from gsplat 1.5 on, one radius
+    (C, N) in gsplat 1.4 (which nerfstudio pins, so the nerf extra's environment has it)."""
+    import gsplat
+
+    major, minor = (int(part) for part in gsplat.__version__.split(".")[:2])
+    return radii.amax(dim=-1) if (major, minor) < (1, 5) and radii.dim() == 3 else radii

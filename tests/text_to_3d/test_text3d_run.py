@@ -36,6 +36,7 @@ def tiny(tmp_path_factory):
     return folder
 
 
+@pytest.mark.nerf  # also in the nerf venv: its gsplat 1.4 reads screen radii differently
 def test_twenty_steps_write_every_output_and_the_ply_round_trips(tiny, tmp_path):
     config = load_text3d_config(None, [f"model={tiny}", *SMALL])
     seen = []
