@@ -56,6 +56,13 @@ def save_ply(params: GaussianParams, path: str | Path) -> Path:
 def load_ply(path: str | Path) -> GaussianParams:
     """Read a 3D Gaussian splatting PLY file written by :func:`save_ply` or another 3DGS tool."""
     path = Path(path)
+    return _params_from_vertices(read_ply_vertices(path), path)
+
+
+def read_ply_vertices(path: str | Path) -> np.ndarray:
+    """The vertex element of a binary PLY file (it must come first) as a numpy structured array whose field
+    names are the PLY property names; one-line UserErrors for a missing, foreign or truncated file."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"no PLY file at {path}")
     raw = path.read_bytes()
@@ -67,8 +74,7 @@ def load_ply(path: str | Path) -> GaussianParams:
     if len(body) < count * dtype.itemsize:
         raise UserError(f"{path} is truncated: {count} vertices need {count * dtype.itemsize} bytes, "
                         f"found {len(body)}")
-    vertices = np.frombuffer(body, dtype=dtype, count=count)
-    return _params_from_vertices(vertices, path)
+    return np.frombuffer(body, dtype=dtype, count=count)
 
 
 def _vertex_dtype(lines: list[str], path: Path) -> tuple[np.dtype, int]:

@@ -12,7 +12,7 @@ from gendistill.errors import UserError, check_range
 from gendistill.render.cameras import Cameras
 from gendistill.render.gaussians import (GaussianParams, GaussianRenderer, RenderOutput, init_from_points,
                                          init_from_sphere, rgb_to_sh0)
-from gendistill.render.ply import load_ply, save_ply
+from gendistill.render.ply import load_ply, read_ply_vertices, save_ply
 from gendistill.text_to_3d.config import Text3DConfig
 from gendistill.text_to_3d.densify import Densifier
 
@@ -24,12 +24,7 @@ def _point_cloud(path: Path) -> tuple[Tensor, Tensor]:
     """Points (N, 3) and colours (N, 3) in [0, 1] of a binary PLY point cloud (grey when it has none)."""
     import numpy as np
 
-    from gendistill.render.ply import _vertex_dtype  # the header reader of render/ply.py
-
-    raw = path.read_bytes()
-    end = raw.find(b"end_header\n")
-    dtype, count = _vertex_dtype(raw[:end].decode("ascii", errors="replace").splitlines(), path)
-    v = np.frombuffer(raw[end + len(b"end_header\n"):], dtype=dtype, count=count)
+    v = read_ply_vertices(path)
     names = set(v.dtype.names)
     if not {"x", "y", "z"} <= names:
         raise UserError(f"{path} is neither a 3DGS file nor a point cloud (no x, y, z vertex properties)")
