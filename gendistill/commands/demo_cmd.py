@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from gendistill.cli import DefaultsFormatter
+from gendistill.devices import pick_device
 from gendistill.errors import UserError
 
 
@@ -46,7 +45,7 @@ def run(args) -> int:
         raise UserError(f"--port must be in [1, 65535], got {args.port}")
     from gendistill.app.demo import ASSETS_DIR, DemoOptions, launch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(pick_device(args.device))
     options = DemoOptions(models=tuple(args.model or ()), teacher=args.teacher,
                           assets_dir=None if args.no_assets else ASSETS_DIR, host=args.host, port=args.port,
                           share=args.share, device=device)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from gendistill.cli import DefaultsFormatter
-
+from gendistill.devices import pick_device
 from gendistill.diffusion.samplers import SAMPLERS
 
 
@@ -49,7 +47,7 @@ def run(args) -> int:
         eta=args.eta, guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
         num_images=args.num_images, karras=args.karras, base_steps=args.base_steps, base_guidance=args.base_guidance)
     validate(request, has_base=args.base_model is not None)  # before any loading
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     model = TextToImageModel(load_pipeline(args.model, device=device))
     base = TextToImageModel(load_pipeline(args.base_model, device=device)) if args.base_model else None
     result = generate(model, request, base)

@@ -18,6 +18,7 @@ import torch
 from gendistill.backends.loading import load_pipeline, quiet_pipeline_notices
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
+from gendistill.devices import pick_device
 from gendistill.distill.config import DistillConfig
 from gendistill.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
 from gendistill.distill.export import export_student, student_scheduler
@@ -36,12 +37,6 @@ class DistillResult:
     pipeline: Path
     train_seconds: float
     report: DistillReport | None
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def make_batches(config: DistillConfig, teacher: TextToImageModel):
@@ -120,7 +115,7 @@ def _write_model_meta(pipeline: Path, config: DistillConfig, bound: BoundRecipe,
     """``gendistill.json`` beside the diffusers files: how to sample this student (read by eval/demo)."""
     meta = {"recipe": config.recipe.KIND, "steps": bound.default_steps, "max_steps": bound.max_steps,
             "guidance": bound.guidance, "teacher": config.teacher, "train_seconds": round(seconds, 1),
-            "device": pick_device(config.device), "threads": torch.get_num_threads(),
+            "device": str(pick_device(config.device)), "threads": torch.get_num_threads(),
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     (pipeline / "gendistill.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -28,6 +28,7 @@ from torch import Tensor
 from gendistill.backends.loading import load_pipeline
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
+from gendistill.devices import pick_device
 from gendistill.domains.shapes import Camera, caption, parse_caption, sample_cameras, stack_cameras, view_phrase
 from gendistill.errors import RunStopped, UserError, check_range
 from gendistill.render.cameras import Cameras
@@ -104,10 +105,6 @@ def training_cameras(config: Text3DConfig, n: int, generator: torch.Generator, s
 def camera_features(cameras: list[Camera]) -> Tensor:
     """Flattened 4x4 camera-to-world matrices, (B, 16): what VSD's camera-conditioned fake score reads."""
     return torch.stack([cam.camtoworld.flatten() for cam in cameras])
-
-
-def pick_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
 # --- the loop ---------------------------------------------------------------------------------------
