@@ -58,7 +58,11 @@ class FitResult:
 
 def psnr(a: Tensor, b: Tensor) -> float:
     """Peak signal-to-noise ratio of images in [0, 1], in dB."""
-    mse = (a.detach().float() - b.detach().float()).square().mean().item()
+    return psnr_from_mse((a.detach().float() - b.detach().float()).square().mean().item())
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error of values in [0, 1]."""
     return -10.0 * math.log10(max(mse, 1e-12))
 
 
@@ -109,7 +113,7 @@ def fit_field(field: RadianceField, data: MultiViewData, config: FitConfig, gene
         optimizer.step()
         scheduler.step()
         loss_value = loss.item()
-        postfix = {"loss": f"{loss_value:.4f}", "psnr": f"{-10 * math.log10(max(loss_value, 1e-12)):.2f}"}
+        postfix = {"loss": f"{loss_value:.4f}", "psnr": f"{psnr_from_mse(loss_value):.2f}"}
         if eval_data is not None and progress and (step + 1) % max(1, config.steps // 10) == 0:
             postfix["held-out psnr"] = f"{field_psnr(field, eval_data, config.num_samples):.2f}"
         bar.set_postfix(postfix, refresh=False)
