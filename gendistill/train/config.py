@@ -5,17 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gendistill.errors import UserError, check_range, key_path
+
 
 @dataclass
 class OptimizerConfig:
-    """AdamW settings for one phase."""
+    """Optimizer settings for one phase (every parameter group of the phase shares them, except the rate)."""
 
+    kind: Literal["adamw", "adam"] = "adamw"
+    """AdamW (decoupled weight decay) or Adam."""
     lr: float = 1e-4
     """Learning rate."""
     betas: tuple[float, ...] = (0.9, 0.999)
     """Adam betas."""
+    eps: float = 1e-8
+    """Adam's epsilon (3D Gaussians use 1e-15)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay."""
+    """Weight decay (decoupled for AdamW)."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up, in optimizer steps of this phase."""
 
@@ -46,3 +52,25 @@ class TrainerConfig:
     """Run the evaluation hook every this many steps (0: only at the end)."""
     log_every: int = 10
     """Record losses in the history every this many steps."""
+    nan_policy: Literal["raise", "skip"] = "raise"
+    """A non-finite loss or gradient: stop the run (raise) or skip that update (skip)."""
+    max_bad_steps: int = 10
+    """With nan_policy skip: stop after this many skipped updates in a row."""
+    seed_global_rng: bool = True
+    """Also seed torch's global generator from each update's coordinates (libraries that draw from it, such
+    as gsplat's densification or peft's LoRA init, then resume exactly); the process's own stream is restored
+    after the run."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes: replicate and average gradients (ddp) or shard parameters, gradients and
+    optimizer state (fsdp, through accelerate's FSDP2)."""
+
+    def check(self, path: str) -> None:
+        """UserErrors naming the key (e.g. "trainer.steps must be >= 1, got -3"); run at config load."""
+        for name, low in (("steps", 1), ("log_every", 1), ("grad_accumulation", 1), ("keep_checkpoints", 1),
+                          ("checkpoint_every", 0), ("eval_every", 0)):
+            check_range(key_path(path, name), getattr(self, name), low)
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise UserError(f"{key_path(path, 'ema_decay')} must be in (0, 1) or null (no EMA), "
+                            f"got {self.ema_decay:g}")
+        if self.grad_clip is not None:
+            check_range(key_path(path, "grad_clip"), self.grad_clip, 0.0)

@@ -1,9 +1,15 @@
-"""One trainer for every recipe, on accelerate.
+"""One trainer for every recipe, on accelerate: every optimisation in the project runs here.
 
-Per phase an AdamW optimizer; phases run in the recipe's order, each its declared number of times per
-step. Every random draw of a step comes from a generator seeded by (seed, step, phase, repeat, micro-batch,
-rank), so a resumed run replays exactly what an uninterrupted one would. Data parallelism averages
-gradients across processes (gloo on CPU, NCCL on GPU) and broadcasts rank 0's weights at the start.
+Per phase an optimizer (or one per parameter group, as gsplat's densification strategies need); phases run
+in the recipe's order, each its declared number of times per step. Every random draw of a step comes from a
+generator seeded by (seed, step, phase, repeat, micro-batch, rank), and torch's global generator is seeded
+from the same coordinates, so a resumed run replays exactly what an uninterrupted one would. Data
+parallelism averages gradients across processes (gloo on CPU, NCCL on GPU) and broadcasts rank 0's weights at
+the start.
+
+A non-finite loss or gradient stops the run or skips the update (``nan_policy``). A run that ends early (the
+first Ctrl-C finishes the step; an exception from ``on_step``, a crash, divergence) writes a checkpoint when
+it stopped between steps, calls ``on_stop`` with what it has (jobs write their outputs there), then re-raises.
 """
 
 from __future__ import annotations
@@ -17,43 +23,63 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from gendistill.errors import RunStopped, UserError
-from gendistill.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from gendistill.errors import RunStopped
+from gendistill.recipe import Loss, Phase, Recipe, Update
+from gendistill.train import parallel
+from gendistill.train.checkpoint import (TrainState, apply_checkpoint, latest_checkpoint, read_newest_readable,
+                                         save_checkpoint)
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.ema import EMA
-from gendistill.recipe import Phase, Recipe
+from gendistill.train.optimizers import build_optimizers, optimizer_parameters, set_learning_rates
+from gendistill.train.stopping import StopRequest, deferred_interrupt
 
 BatchFn = Callable[[int, torch.Generator], Any]
 EvalFn = Callable[[int], dict[str, float]]
+OnStep = Callable[[int, dict, dict[str, Loss]], None]
+"""``on_step(step, row, losses)`` after every step: the 0-based step, its logged terms and the last loss of
+each phase (``loss.outputs`` carries renders for a live view). An exception it raises stops the run."""
 
 
 class TrainingDiverged(RunStopped):
-    """A loss became NaN or infinite; the message names the step, phase and last good checkpoint."""
+    """A loss or gradient became NaN or infinite; the message names the step, phase and last good checkpoint."""
 
 
 @dataclass(frozen=True)
 class TrainResult:
     step: int
+    """Steps completed."""
     history: list[dict]
     checkpoint: Path | None
+    """The newest checkpoint (None when none was written)."""
     seconds: float
+    stopped: str | None = None
+    """Why the run ended early ("interrupted", "diverged", an exception's name), None when it ran every step."""
+    skipped_updates: int = 0
+    """Updates skipped for a non-finite loss or gradient (nan_policy skip)."""
+    resumed_from: Path | None = None
 
 
 def step_generator(seed: int, *coords: int, device="cpu") -> torch.Generator:
     """A generator whose stream depends only on ``seed`` and the step coordinates."""
+    return torch.Generator(device).manual_seed(_mix(seed, *coords))
+
+
+def _mix(seed: int, *coords: int) -> int:
     mixed = np.random.SeedSequence([seed, *coords]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device).manual_seed(int(mixed[0]) << 31 ^ int(mixed[1]))
+    return int(mixed[0]) << 31 ^ int(mixed[1])
 
 
 class Trainer:
     def __init__(self, recipe: Recipe, config: TrainerConfig, out_dir: str | Path, batch_fn: BatchFn,
-                 eval_fn: EvalFn | None = None, accelerator=None, progress: bool = True):
+                 eval_fn: EvalFn | None = None, accelerator=None, progress: bool = True, on_step: OnStep | None = None,
+                 on_stop: Callable[[TrainResult], None] | None = None, log: Callable[[str], None] | None = None,
+                 description: str = "train"):
         from accelerate import Accelerator
 
         self.recipe, self.config, self.batch_fn, self.eval_fn = recipe, config, batch_fn, eval_fn
+        self.on_step, self.on_stop, self.log, self.description = on_step, on_stop, log, description
         self.out_dir = Path(out_dir)
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
         self.device = self.accelerator.device
@@ -61,129 +87,175 @@ class Trainer:
         for module in self.modules.values():
             module.to(self.device)
         self.phases: list[Phase] = recipe.phases()
-        self.optimizers = {p.name: self._optimizer(p) for p in self.phases}
-        self.phase_updates = {p.name: 0 for p in self.phases}
+        parallel.prepare_sharding(self)
+        self.optimizers = {p.name: build_optimizers(p, self._optimizer_config(p.name)) for p in self.phases}
+        self.counters = {"skipped": 0, "bad_in_a_row": 0, **{f"updates/{p.name}": 0 for p in self.phases}}
         name = recipe.ema_module()
         self.ema = EMA(self.modules[name], config.ema_decay) if (name and config.ema_decay) else None
         self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
         self.progress = progress and self.accelerator.is_main_process
+        self.stop_request = StopRequest()
+        self.resumed_from: Path | None = None
+        self._between_steps = True
 
-    def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
-        cfg = self.config.optimizers.get(phase.name, OptimizerConfig())
-        return torch.optim.AdamW(phase.parameters, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    def _optimizer_config(self, phase: str) -> OptimizerConfig:
+        return self.config.optimizers.get(phase, OptimizerConfig())
 
     @property
     def checkpoint_root(self) -> Path:
         return self.out_dir / "checkpoints"
+
+    def flat_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer keyed ``phase.group`` (the checkpoint's names)."""
+        return {f"{phase}.{group}": opt for phase, groups in self.optimizers.items() for group, opt in groups.items()}
 
     # --- the loop -----------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> TrainResult:
         start = time.perf_counter()
         state = self._resume() if resume else TrainState(0, [])
-        self._sync_initial_weights()
-        bar = tqdm(total=self.config.steps, initial=state.step, desc="train", disable=not self.progress)
-        checkpoint = None
-        for step in range(state.step, self.config.steps):
-            row = self._train_step(step)
-            done = step + 1
-            if self.ema is not None:
-                self.ema.update(self.modules[self.recipe.ema_module()])
-            if done % self.config.log_every == 0 or done == self.config.steps:
-                state.history.append(row)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"}, refresh=False)
-            if self.eval_fn is not None and self._due(done, self.config.eval_every):
-                state.history.append({"step": done, **self._evaluate(done)})
-            if self._due(done, self.config.checkpoint_every):
-                state.step = done
-                checkpoint = self._save(state)
-        bar.close()
-        return TrainResult(self.config.steps, state.history, checkpoint, time.perf_counter() - start)
+        parallel.sync_initial_weights(self)
+        cuda = range(torch.cuda.device_count()) if self.config.seed_global_rng else []
+        with torch.random.fork_rng(devices=cuda, enabled=self.config.seed_global_rng), \
+                deferred_interrupt(self.stop_request):
+            try:
+                self._loop(state)
+            except BaseException as err:  # noqa: BLE001 - re-raised once the checkpoint and outputs are written
+                self._stop(state, err, start)
+                raise
+        return self._result(state, start, latest_checkpoint(self.checkpoint_root), None)
+
+    def _loop(self, state: TrainState) -> None:
+        bar = tqdm(total=self.config.steps, initial=state.step, desc=self.description, disable=not self.progress)
+        try:
+            for step in range(state.step, self.config.steps):
+                self._between_steps = False
+                row, losses = self._train_step(step)
+                self._between_steps = True
+                state.step = step + 1
+                self._after_step(state, row, losses, bar)
+        finally:
+            bar.close()
+
+    def _after_step(self, state: TrainState, row: dict, losses: dict[str, Loss], bar) -> None:
+        done = state.step
+        if self.ema is not None:
+            self.ema.update(self.modules[self.recipe.ema_module()])
+        if done % self.config.log_every == 0 or done == self.config.steps:
+            state.history.append(row)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"}, refresh=False)
+        if self.on_step is not None:
+            self.on_step(done - 1, row, losses)
+        if self.eval_fn is not None and self._due(done, self.config.eval_every):
+            state.history.append({"step": done, **self._evaluate(done)})
+        if self._due(done, self.config.checkpoint_every):
+            self._save(state)
+        if self.stop_request.is_set():
+            raise KeyboardInterrupt
 
     def _due(self, done: int, every: int) -> bool:
         return done == self.config.steps or (every > 0 and done % every == 0)
 
-    def _train_step(self, step: int) -> dict:
+    def _train_step(self, step: int) -> tuple[dict, dict[str, Loss]]:
         row: dict = {"step": step + 1}
+        losses: dict[str, Loss] = {}
         for p_index, phase in enumerate(self.phases):
             for repeat in range(phase.updates_per_step):
-                terms = self._update(phase, step, p_index, repeat)
+                terms, losses[phase.name] = self._update(phase, step, p_index, repeat)
                 row.update({f"{phase.name}/{k}": v for k, v in terms.items()})
-        return row
+        return row, losses
 
-    def _update(self, phase: Phase, step: int, p_index: int, repeat: int) -> dict[str, float]:
-        for module in self.modules.values():
-            module.zero_grad(set_to_none=True)
+    def _update(self, phase: Phase, step: int, p_index: int, repeat: int) -> tuple[dict[str, float], Loss]:
+        optimizers = self.optimizers[phase.name]
+        self._zero_grad(optimizers)
         accumulation = self.config.grad_accumulation
         terms: dict[str, float] = {}
+        loss = None
         for micro in range(accumulation):
-            generator = step_generator(self.config.seed, step, p_index, repeat, micro,
-                                       self.accelerator.process_index)
+            coords = (step, p_index, repeat, micro, self.accelerator.process_index)
+            generator = step_generator(self.config.seed, *coords)
+            if self.config.seed_global_rng:
+                torch.manual_seed(_mix(self.config.seed, *coords, 1))
             batch = self.batch_fn(step, generator)
             with self.accelerator.autocast():
                 loss = self.recipe.loss(batch, phase.name, step, generator)
-            self._check_finite(loss.total, step, phase.name)
+            if not self._finite(loss.total):
+                return self._bad_update(phase, step, f"loss became {loss.total.detach().item()}", optimizers, loss)
             scaled = loss.total / accumulation
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             for key, value in {"loss": loss.total.detach().item(), **loss.terms}.items():
                 terms[key] = terms.get(key, 0.0) + value / accumulation
-        self._step_optimizer(phase)
-        self.recipe.after_update(phase.name, step)
-        return terms
+        if not self._step_optimizers(phase, step, optimizers):
+            return self._bad_update(phase, step, "a gradient became non-finite", optimizers, loss)
+        self.counters["bad_in_a_row"] = 0
+        self.recipe.after_update(Update(phase.name, step, optimizers, loss))
+        return terms, loss
 
-    def _step_optimizer(self, phase: Phase) -> None:
-        optimizer = self.optimizers[phase.name]
-        params = [p for p in phase.parameters if p.grad is not None]
-        self._average_gradients(params)
-        if self.scaler:
-            self.scaler.unscale_(optimizer)
-        if self.config.grad_clip is not None and params:
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        self._warmup(phase.name, optimizer)
-        if self.scaler:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-        self.phase_updates[phase.name] += 1
+    def _zero_grad(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        for module in self.modules.values():
+            module.zero_grad(set_to_none=True)
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
 
-    def _warmup(self, name: str, optimizer: torch.optim.Optimizer) -> None:
-        cfg = self.config.optimizers.get(name, OptimizerConfig())
-        if cfg.warmup_steps > 0:
-            scale = min(1.0, (self.phase_updates[name] + 1) / cfg.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * scale
-
-    def _check_finite(self, loss: torch.Tensor, step: int, phase: str) -> None:
-        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=self.device)
-        if self.accelerator.num_processes > 1:
-            dist.all_reduce(bad)
-        if bad.item() > 0:
+    def _bad_update(self, phase: Phase, step: int, what: str, optimizers, loss: Loss) -> tuple[dict, Loss]:
+        """Raise (nan_policy raise, or too many skips in a row) or skip this update with its gradients."""
+        self._zero_grad(optimizers)
+        self.counters["skipped"] += 1
+        self.counters["bad_in_a_row"] += 1
+        limit = self.config.max_bad_steps
+        if self.config.nan_policy == "raise" or self.counters["bad_in_a_row"] >= limit:
             last = latest_checkpoint(self.checkpoint_root)
             kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {loss.detach().item()} at step {step + 1} in phase '{phase}'; {kept}")
+            skipped = "" if self.config.nan_policy == "raise" else f" ({limit} updates in a row skipped)"
+            raise TrainingDiverged(f"{what} at step {step + 1} in phase '{phase.name}'{skipped}; {kept}")
+        return {"skipped": 1.0}, loss
 
-    # --- data parallel ------------------------------------------------------------------------------
+    def _step_optimizers(self, phase: Phase, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> bool:
+        """Average, check, clip and apply the gradients; False (nothing applied) when one is not finite."""
+        params = [p for p in optimizer_parameters(optimizers) if p.grad is not None]
+        parallel.average_gradients(self, params)
+        norms = {}
+        for name, optimizer in optimizers.items():
+            if self.scaler:
+                self.scaler.unscale_(optimizer)
+            norms[name] = _gradient_norm(optimizer)
+        if self.scaler is None and not all(math.isfinite(n) for n in norms.values()):
+            return False
+        cfg = self._optimizer_config(phase.name)
+        update = self.counters[f"updates/{phase.name}"]
+        for name, optimizer in optimizers.items():
+            if self.config.grad_clip is not None:
+                _clip(optimizer, self.config.grad_clip, norms[name])
+            set_learning_rates(optimizer, cfg, update, step, self.config.steps)
+            self.scaler.step(optimizer) if self.scaler else optimizer.step()
+        if self.scaler:
+            self.scaler.update()
+        self.counters[f"updates/{phase.name}"] += 1
+        return True
 
-    def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        world = self.accelerator.num_processes
-        if world == 1 or not params:
-            return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+    def _finite(self, loss: torch.Tensor) -> bool:
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=self.device)
+        parallel.sum_across_ranks(self, bad)
+        return bad.item() == 0
 
-    def _sync_initial_weights(self) -> None:
-        if self.accelerator.num_processes == 1:
-            return
-        for module in self.modules.values():
-            for tensor in module.state_dict().values():
-                dist.broadcast(tensor, src=0)
+    # --- stopping -----------------------------------------------------------------------------------
+
+    def _stop(self, state: TrainState, err: BaseException, start: float) -> None:
+        """Keep what the run made: a checkpoint when it stopped between steps, then the job's ``on_stop``."""
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else (
+            "diverged" if isinstance(err, TrainingDiverged) else type(err).__name__)
+        checkpoint = latest_checkpoint(self.checkpoint_root)
+        saved_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
+        if self._between_steps and reason != "diverged" and state.step > saved_step \
+                and self.accelerator.is_main_process:
+            checkpoint = self._write_checkpoint(state)
+        if self.on_stop is not None:
+            self.on_stop(self._result(state, start, checkpoint, reason))
+
+    def _result(self, state: TrainState, start: float, checkpoint: Path | None, stopped: str | None) -> TrainResult:
+        return TrainResult(state.step, state.history, checkpoint, time.perf_counter() - start, stopped,
+                           self.counters["skipped"], self.resumed_from)
 
     # --- evaluation and checkpoints -----------------------------------------------------------------
 
@@ -194,23 +266,48 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return metrics
 
+    def _write_checkpoint(self, state: TrainState) -> Path:
+        state.counters = dict(self.counters)
+        ema = self.ema.state_dict() if self.ema else None
+        extra = self.recipe.extra_state() if hasattr(self.recipe, "extra_state") else None
+        return save_checkpoint(self.checkpoint_root, state, self.modules, self.flat_optimizers(), ema,
+                               self.config.keep_checkpoints, extra)
+
     def _save(self, state: TrainState) -> Path | None:
-        path = None
-        if self.accelerator.is_main_process:
-            ema = self.ema.state_dict() if self.ema else None
-            path = save_checkpoint(self.checkpoint_root, state, self.modules, self.optimizers, ema,
-                                   self.config.keep_checkpoints)
+        if self.config.distributed == "fsdp":
+            return parallel.save_sharded(self, state)
+        path = self._write_checkpoint(state) if self.accelerator.is_main_process else None
         self.accelerator.wait_for_everyone()
         return path or latest_checkpoint(self.checkpoint_root)
 
     def _resume(self) -> TrainState:
-        path = latest_checkpoint(self.checkpoint_root)
-        if path is None:
-            raise UserError(f"--resume: no checkpoint in {self.checkpoint_root}")
-        state = load_checkpoint(path, self.modules, self.optimizers, self.ema)
-        for phase in self.phases:
-            self.phase_updates[phase.name] = state.step * phase.updates_per_step
+        if self.config.distributed == "fsdp":
+            return parallel.load_sharded(self)
+        data, unreadable = read_newest_readable(self.checkpoint_root)
+        if hasattr(self.recipe, "load_extra_state") and data.extra is not None:
+            self.recipe.load_extra_state(data.extra)
+        state = apply_checkpoint(data, self.modules, self.flat_optimizers(), self.ema)
+        self.counters.update(state.counters or self._counters_from_step(state.step))
+        self.resumed_from = data.path
+        if self.log is not None:
+            skipped = f" (newer, unreadable: {'; '.join(unreadable)})" if unreadable else ""
+            self.log(f"resumed from {data.path.name}{skipped}")
         return state
+
+    def _counters_from_step(self, step: int) -> dict[str, int]:
+        """Checkpoints written before counters were saved: every phase ran its ratio every step."""
+        return {f"updates/{p.name}": step * p.updates_per_step for p in self.phases}
+
+
+def _gradient_norm(optimizer: torch.optim.Optimizer) -> float:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float, norm: float) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if params:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.tensor(norm))
 
 
 def averaged(history: list[dict], key: str) -> list[tuple[int, float]]:

@@ -23,7 +23,7 @@ class ToyRecipe:
     def ema_module(self):
         return "student"
 
-    def after_update(self, phase, step):
+    def after_update(self, update):
         self.updates = getattr(self, "updates", 0) + 1
 
     def loss(self, batch, phase, step, generator):
