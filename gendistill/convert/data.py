@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gendistill.domains.shapes import Camera, parse_caption, render_batch, stack_cameras
 from gendistill.errors import UserError, check_range
-from gendistill.render.cameras import Cameras
+from gendistill.render.cameras import DISTANCE, FOV_DEG, Cameras, stack_cameras
+from gendistill.render.rig import ELEVATION_RANGE_DEG, OrbitRig
 
 OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 """Right-multiplying a camera-to-world matrix by this flips its camera y and z axes (OpenGL <-> OpenCV)."""
@@ -50,27 +50,23 @@ class MultiViewData:
         return MultiViewData(self.cameras[index], self.images[index], self.background)
 
 
-def sphere_cameras(n: int, generator: torch.Generator, *, size: int = 64, distance: float = 4.0,
-                   fov_deg: float = 35.0, elevation_range_deg: tuple[float, float] = (-10.0, 60.0)) -> Cameras:
-    """``n`` cameras looking at the origin from random azimuths and elevations (the shapes world's rig)."""
-    cams = _sphere_camera_list(n, generator, size, distance, fov_deg, elevation_range_deg)
-    return Cameras.from_batch(stack_cameras(cams))
-
-
-def _sphere_camera_list(n, generator, size, distance=4.0, fov_deg=35.0, elevation_range_deg=(-10.0, 60.0)):
-    u = torch.rand(n, 2, generator=generator, dtype=torch.float64).tolist()
-    lo, hi = elevation_range_deg
-    return [Camera(360.0 * a, lo + (hi - lo) * e, distance, fov_deg, size, size) for a, e in u]
+def sphere_cameras(n: int, generator: torch.Generator, *, size: int = 64, distance: float = DISTANCE,
+                   fov_deg: float = FOV_DEG, elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG) -> Cameras:
+    """``n`` cameras looking at the origin from random azimuths and elevations (:meth:`OrbitRig.sample`)."""
+    rig = OrbitRig(distance, fov_deg, tuple(elevation_range_deg), size, size)
+    return stack_cameras(rig.sample(n, generator))
 
 
 def shapes_views(caption: str, n_views: int, generator: torch.Generator, size: int = 64) -> MultiViewData:
     """Analytic renders of a shapes caption ("a red cube") from ``n_views`` random cameras (the same ones
     :func:`sphere_cameras` draws from this generator state), white background."""
+    from gendistill.domains.shapes import parse_caption, render_batch
+
     check_range("n_views", n_views, 1, None)
     scene = parse_caption(caption)
-    cams = _sphere_camera_list(n_views, generator, size)
+    cams = OrbitRig(width=size, height=size).sample(n_views, generator)
     images = render_batch([scene] * n_views, cams).rgb
-    return MultiViewData(Cameras.from_batch(stack_cameras(cams)), images, torch.ones(3))
+    return MultiViewData(stack_cameras(cams), images, torch.ones(3))
 
 
 def load_transforms(folder: str | Path, background: Tensor | None = None) -> MultiViewData:

@@ -6,11 +6,13 @@ orbit cameras (no images), the model renders their rays, and the loss is score d
 
 - the guidance is ``gendistill.score``'s SDS on any diffusers text-to-image folder that gendistill loads
   (default: the shipped shapes teacher, ``assets/shapes-teacher``; a distilled student works too), with
-  the caption template's view phrases ("a red cube, side view") derived from each camera's angles;
+  view-dependent prompts ("a red cube, side view") from each camera's angles, with text-to-3d's templates
+  (``view_prompts``: auto, shapes or suffix);
 - the model's field is ``gendistill.render.nerf``'s radiance field (nerfstudio's field components, torch
   implementations, so it trains on a CPU), volume rendered by ``render_rays`` with a fading density blob
   at the centre, as ``gendistill text-to-3d --representation nerf`` does;
-- the cameras are the shapes world's: distance, field of view and elevation range of the teacher's data.
+- the cameras are the default orbit rig's (``gendistill.render.rig``): distance, field of view and elevation
+  range of the shapes teacher's data.
 
 Example: ``ns-train gendistill-sds --pipeline.model.prompt "a blue cube" --vis tensorboard``
 (``--pipeline.model.guidance-model DIR`` for another model).
@@ -28,7 +30,8 @@ from torch import Tensor
 from torch.nn import Parameter
 
 import gendistill  # noqa: F401 - before nerfstudio: makes torchvision importable under CPU torch
-from gendistill.domains.shapes.camera import DISTANCE, ELEVATION_RANGE_DEG, FOV_DEG, Camera
+from gendistill.render.cameras import DISTANCE, FOV_DEG, Camera
+from gendistill.render.rig import ELEVATION_RANGE_DEG
 from gendistill.errors import UserError
 
 try:
@@ -72,7 +75,9 @@ class GendistillSDSModelConfig(ModelConfig):
     enable_collider: bool = False
     """The renderer clips rays to the field's cube itself."""
     prompt: str = "a red sphere"
-    """What to make; the view phrase of each camera is added with the caption template."""
+    """What to make; the view phrase of each camera is added with the ``view_prompts`` template."""
+    view_prompts: str = "auto"
+    """auto (the shapes caption template for a gendistill shapes model, else the suffix), shapes or suffix."""
     guidance_model: str = str(DEFAULT_GUIDANCE_MODEL)
     """Diffusers text-to-image folder (or hub id) whose score guides the field."""
     guidance_scale: float = 7.5
@@ -171,10 +176,13 @@ class GendistillSDSModel(Model):
         return self.sample_gens[key]
 
     def view_prompts(self, batch: Dict) -> List[str]:
-        from gendistill.text_to_3d.run import view_prompt
+        """The prompt of each camera of ``batch`` (its ``vertical`` and ``central`` angles)."""
+        from gendistill.text_to_3d.views import make_view_prompter, resolve_view_prompts
 
-        return [view_prompt(self.config.prompt, camera_from_angles(v, c))
-                for v, c in zip(batch["vertical"].tolist(), batch["central"].tolist())]
+        c = self.config
+        prompter = make_view_prompter(resolve_view_prompts(c.view_prompts, c.guidance_model))
+        return [prompter.prompt(c.prompt, camera_from_angles(v, central))
+                for v, central in zip(batch["vertical"].tolist(), batch["central"].tolist())]
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         rgb = outputs["rgb"]

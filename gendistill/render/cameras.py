@@ -1,23 +1,111 @@
-"""Batched pinhole cameras as tensors, in gsplat's conventions.
+"""The one camera model: pinhole cameras looking at an object at the origin, in gsplat's conventions.
 
-World-to-camera ``viewmats`` (C, 4, 4) use OpenCV camera axes (x right, y down, z forward); intrinsics
-``Ks`` (C, 3, 3) map a camera-frame point ``p`` to the pixel ``(K @ p)[:2] / p.z``, where pixel (row v, column
-u) covers ``[u, u+1) x [v, v+1)`` and has its centre at ``(u + 0.5, v + 0.5)``.
+World frame: right-handed, **z up**; the object sits at the origin. A :class:`Camera` at azimuth ``a`` and
+elevation ``e`` sits at ``distance * (cos e cos a, cos e sin a, sin e)`` and looks at the origin, so azimuth 0
+puts the camera on the **+x axis**: +x is the object's front. Azimuth grows counter-clockwise seen from above
+(90 deg is on +y, 180 deg is the back on -x); elevation is positive above the horizon.
 
-:func:`orbit` builds a turntable in a z-up world with azimuth 0 on +x, the same cameras as the shapes world's
-``stack_cameras(orbit_cameras(...))``; this layer does not import the domain, so any object with
-``viewmats``, ``Ks``, ``width`` and ``height`` converts with :meth:`Cameras.from_batch`.
+Camera frame (OpenCV, as gsplat's ``viewmats`` expect): x right, y down, z forward (towards the object);
+``viewmat`` maps world to camera. Image: pixel (row v, column u) covers ``[u, u+1) x [v, v+1)``, its centre is
+at ``(u + 0.5, v + 0.5)``, and a camera-frame point ``p`` lands at ``(K @ p)[:2] / p.z`` (gsplat's
+``_persp_proj``). ``fov_deg`` is the vertical field of view; pixels are square (fx = fy).
+
+:class:`Camera` is one view (angles, exact maths in float64); :class:`Cameras` is a batch of C views as
+tensors (``viewmats`` (C, 4, 4), ``Ks`` (C, 3, 3)), what renderers take; :func:`stack_cameras` turns the
+first into the second. Rigs that place cameras (sphere samples, turntables) are in :mod:`gendistill.render.rig`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from gendistill.errors import check_range
+
+DISTANCE = 4.0
+"""Default distance from the camera to the origin: an object in the unit ball then has an image radius of
+~26 px in a 64 px frame at the default field of view (~6 px of margin)."""
+FOV_DEG = 35.0
+"""Default vertical field of view in degrees."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole camera at (azimuth, elevation, distance) looking at the origin with world z up."""
+
+    azimuth_deg: float
+    """Angle around the world z axis; 0 is the front (+x), 90 is +y, 180 the back (-x)."""
+    elevation_deg: float
+    """Angle above the xy plane, in [-89, 89]."""
+    distance: float = DISTANCE
+    """Distance from the origin, > 1 (outside the unit ball that holds the object)."""
+    fov_deg: float = FOV_DEG
+    """Vertical field of view in degrees."""
+    width: int = 64
+    """Image width in pixels."""
+    height: int = 64
+    """Image height in pixels."""
+
+    def __post_init__(self) -> None:
+        check_range("elevation_deg", self.elevation_deg, -89.0, 89.0)
+        check_range("distance", self.distance, 1.0001, None)
+        check_range("fov_deg", self.fov_deg, 1.0, 170.0)
+        check_range("width", self.width, 1, None)
+        check_range("height", self.height, 1, None)
+
+    @property
+    def position(self) -> Tensor:
+        """Camera centre in world coordinates, (3,) float32."""
+        return torch.tensor(_position(self), dtype=torch.float32)
+
+    @property
+    def rotation(self) -> Tensor:
+        """World-to-camera rotation, (3, 3) float32: rows are the camera's right, down, forward axes."""
+        return torch.tensor(_rotation_rows(self), dtype=torch.float32)
+
+    @property
+    def viewmat(self) -> Tensor:
+        """World-to-camera transform, (4, 4) float32, OpenCV axes (x right, y down, z forward)."""
+        m = torch.eye(4, dtype=torch.float64)
+        m[:3, :3] = torch.tensor(_rotation_rows(self), dtype=torch.float64)
+        m[:3, 3] = -m[:3, :3] @ torch.tensor(_position(self), dtype=torch.float64)
+        return m.float()
+
+    @property
+    def camtoworld(self) -> Tensor:
+        """Camera-to-world transform, (4, 4) float32: the inverse of viewmat."""
+        return torch.linalg.inv(self.viewmat.double()).float()
+
+    @property
+    def focal(self) -> float:
+        """Focal length in pixels (fx = fy)."""
+        return 0.5 * self.height / math.tan(math.radians(self.fov_deg) / 2)
+
+    @property
+    def K(self) -> Tensor:  # noqa: N802 - the standard name for intrinsics
+        """Intrinsics, (3, 3) float32; the principal point is the image centre (W/2, H/2)."""
+        f = self.focal
+        return torch.tensor([[f, 0.0, self.width / 2], [0.0, f, self.height / 2], [0.0, 0.0, 1.0]])
+
+
+def _position(cam: Camera) -> tuple[float, float, float]:
+    a, e = math.radians(cam.azimuth_deg), math.radians(cam.elevation_deg)
+    return (cam.distance * math.cos(e) * math.cos(a), cam.distance * math.cos(e) * math.sin(a),
+            cam.distance * math.sin(e))
+
+
+def _rotation_rows(cam: Camera) -> tuple[tuple[float, ...], ...]:
+    """Right, down and forward unit vectors in world coordinates (closed form of a look-at with z up)."""
+    a, e = math.radians(cam.azimuth_deg), math.radians(cam.elevation_deg)
+    ca, sa, ce, se = math.cos(a), math.sin(a), math.cos(e), math.sin(e)
+    forward = (-ce * ca, -ce * sa, -se)
+    right = (-sa, ca, 0.0)  # forward x world-up, normalised
+    down = (se * ca, se * sa, -ce)  # forward x right, so right x down = forward (right-handed)
+    return right, down, forward
 
 
 @dataclass(frozen=True)
@@ -43,7 +131,7 @@ class Cameras:
 
     @classmethod
     def from_batch(cls, batch) -> Cameras:
-        """Any object with ``viewmats``, ``Ks``, ``width`` and ``height`` (e.g. the shapes' CameraBatch)."""
+        """Any object with ``viewmats``, ``Ks``, ``width`` and ``height`` (e.g. another library's batch)."""
         return cls(batch.viewmats, batch.Ks, int(batch.width), int(batch.height))
 
     def __len__(self) -> int:
@@ -71,37 +159,12 @@ class Cameras:
                        self.width, self.height)
 
 
-def orbit(n: int, elevation_deg: float = 20.0, distance: float = 4.0, fov_deg: float = 35.0,
-          width: int = 64, height: int = 64, *, start_azimuth_deg: float = 0.0) -> Cameras:
-    """``n`` cameras evenly spaced in azimuth at one elevation, looking at the origin of a z-up world.
-
-    Camera ``i`` sits at azimuth ``a = (start + 360 i / n) mod 360`` and elevation ``e``, at
-    ``distance * (cos e cos a, cos e sin a, sin e)``; azimuth 0 is on +x and 90 on +y. ``fov_deg`` is the
-    vertical field of view, pixels are square and the principal point is the image centre.
-    """
-    check_range("n", n, 1, None)
-    check_range("elevation_deg", elevation_deg, -89.0, 89.0)
-    check_range("distance", distance, 0.0, None)
-    check_range("fov_deg", fov_deg, 1.0, 170.0)
-    check_range("width", width, 1, None)
-    check_range("height", height, 1, None)
-    azimuths = [(start_azimuth_deg + 360.0 * i / n) % 360.0 for i in range(n)]
-    viewmats = torch.stack([_look_at_origin(a, elevation_deg, distance) for a in azimuths])
-    focal = 0.5 * height / math.tan(math.radians(fov_deg) / 2)
-    K = torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
-    return Cameras(viewmats, K.expand(n, 3, 3).clone(), width, height)
-
-
-def _look_at_origin(azimuth_deg: float, elevation_deg: float, distance: float) -> Tensor:
-    """World-to-camera (4, 4) float32 of a camera on the sphere looking at the origin, world z up.
-
-    Closed form in float64 (rows: right, down, forward), cast once at the end.
-    """
-    a, e = math.radians(azimuth_deg), math.radians(elevation_deg)
-    ca, sa, ce, se = math.cos(a), math.sin(a), math.cos(e), math.sin(e)
-    position = (distance * ce * ca, distance * ce * sa, distance * se)
-    rows = ((-sa, ca, 0.0), (se * ca, se * sa, -ce), (-ce * ca, -ce * sa, -se))
-    m = torch.eye(4, dtype=torch.float64)
-    m[:3, :3] = torch.tensor(rows, dtype=torch.float64)
-    m[:3, 3] = -m[:3, :3] @ torch.tensor(position, dtype=torch.float64)
-    return m.float()
+def stack_cameras(cameras: Sequence[Camera]) -> Cameras:
+    """Stack cameras of one image size into a batch: (C, 4, 4) viewmats and (C, 3, 3) Ks."""
+    if not cameras:
+        raise ValueError("stack_cameras needs at least one camera")
+    sizes = {(c.width, c.height) for c in cameras}
+    if len(sizes) != 1:
+        raise ValueError(f"cameras must share one image size, got {sorted(sizes)}")
+    (width, height), = sizes
+    return Cameras(torch.stack([c.viewmat for c in cameras]), torch.stack([c.K for c in cameras]), width, height)

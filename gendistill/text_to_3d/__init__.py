@@ -11,8 +11,8 @@ from gendistill.text_to_3d.evaluate3d import (Eval3DResult, evaluate_gaussians, 
                                               heldout_cameras)
 from gendistill.text_to_3d.gaussian_scene import GaussianScene
 from gendistill.text_to_3d.representations import Scene3D, create_scene, load_scene
-from gendistill.text_to_3d.run import Text3DResult, run_text_to_3d, view_prompt
+from gendistill.text_to_3d.run import Text3DResult, run_text_to_3d
 
 __all__ = ["Densifier", "DensifyEvent", "Eval3DResult", "GaussianScene", "Scene3D", "Text3DConfig", "Text3DResult",
            "create_scene", "evaluate_gaussians", "evaluate_run_dir", "evaluate_views", "heldout_cameras",
-           "load_scene", "prune_masks", "run_text_to_3d", "view_prompt"]
+           "load_scene", "prune_masks", "run_text_to_3d"]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from gendistill.config import load_config
-from gendistill.domains.shapes.camera import DISTANCE, ELEVATION_RANGE_DEG, FOV_DEG
+from gendistill.render.cameras import DISTANCE, FOV_DEG
 from gendistill.render.nerf.fields import FieldConfig, HashGridSizes
+from gendistill.render.rig import ELEVATION_RANGE_DEG
 from gendistill.score.guidance import CSDConfig, NPGConfig, SDSConfig
 from gendistill.score.policies import Decreasing
 from gendistill.score.vsd import VSDConfig
@@ -23,7 +24,8 @@ REPRESENTATIONS = ("gaussians", "nerf")
 
 @dataclass
 class CameraConfig:
-    """Where the training cameras are drawn (the shapes world's sphere of cameras by default)."""
+    """Where the training cameras are drawn (the default orbit rig: the shapes world's sphere of cameras), and
+    how each view's prompt is made."""
 
     elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG
     """Elevations drawn uniformly, in degrees (azimuths are uniform in [0, 360))."""
@@ -32,7 +34,12 @@ class CameraConfig:
     fov_deg: float = FOV_DEG
     """Vertical field of view in degrees."""
     view_dependent_prompts: bool = True
-    """Add the camera's view phrase ("front view", ...) to the prompt, with the caption template."""
+    """Add the camera's view phrase ("front view", ...) to the prompt, with the ``view_prompts`` template."""
+    view_prompts: Literal["auto", "shapes", "suffix"] = "auto"
+    """The template of each view's prompt: ``suffix`` appends ", <view phrase>" to any prompt (DreamFusion);
+    ``shapes`` rebuilds a shapes caption ("a red cube, side view"; the prompt must be one, and the run is then
+    evaluated against the analytic object); ``auto`` is ``shapes`` for a gendistill model (its folder has
+    gendistill.json, as the shipped shapes teacher and students do) and ``suffix`` for any other model."""
 
 
 @dataclass

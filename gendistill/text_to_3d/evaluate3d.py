@@ -9,6 +9,9 @@ cameras' random draws) at the shapes world's distance, field of view and 64x64 s
   silhouette, pooled over views;
 - **prompt accuracy**: share of the 8 renders in which the shapes classifier reads both the caption's shape
   and its colour (plus shape and colour accuracy separately).
+
+The shapes domain (captions, analytic renders, classifier) is imported by the functions that need it, so a
+run whose prompt is not a shapes caption never imports it.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from gendistill.domains.shapes import Camera, Scene, orbit_cameras, parse_caption, render_batch, stack_cameras
 from gendistill.errors import UserError
-from gendistill.render.cameras import Cameras
+from gendistill.render.cameras import Camera, stack_cameras
 from gendistill.render.gaussians import GaussianParams, GaussianRenderer
+from gendistill.render.rig import OrbitRig
+
+if TYPE_CHECKING:
+    from gendistill.domains.shapes import Scene
 
 ALPHA_THRESHOLD = 0.5
 """A pixel is inside a silhouette when its alpha exceeds this."""
@@ -31,8 +38,8 @@ ALPHA_THRESHOLD = 0.5
 
 def heldout_cameras(size: int = 64) -> list[Camera]:
     """The 8 evaluation cameras: azimuths 22.5 + 90 k at 10 deg elevation and 67.5 + 90 k at 40 deg."""
-    return (orbit_cameras(4, 10.0, start_azimuth_deg=22.5, width=size, height=size)
-            + orbit_cameras(4, 40.0, start_azimuth_deg=67.5, width=size, height=size))
+    rig = OrbitRig(width=size, height=size)
+    return rig.orbit(4, 10.0, start_azimuth_deg=22.5) + rig.orbit(4, 40.0, start_azimuth_deg=67.5)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ def colour_error(pred_rgb: Tensor, true_rgb: Tensor, true_alpha: Tensor, thresho
 
 def caption_scene(prompt: str) -> Scene:
     """The shapes scene a prompt names, or a UserError saying eval-3d measures shapes captions only."""
+    from gendistill.domains.shapes import parse_caption
+
     try:
         return parse_caption(prompt)
     except UserError as err:
@@ -87,6 +96,7 @@ def caption_scene(prompt: str) -> Scene:
 def evaluate_renders(rgb: Tensor, alpha: Tensor, prompt: str, cameras: list[Camera], classifier=None) -> Eval3DResult:
     """Score renders (V, 3, H, W) on white and alphas (V, 1, H, W) of ``cameras`` against the caption's
     analytic object; ``classifier`` (a ShapeClassifier) adds the prompt accuracy."""
+    from gendistill.domains.shapes import render_batch
     from gendistill.domains.shapes.metrics import colour_accuracy, prompt_accuracy, shape_accuracy
 
     scene = caption_scene(prompt)
@@ -124,7 +134,7 @@ def evaluate_views(render_views, prompt: str, classifier=None,
     representations.py) and score them; returns the result and the renders (V, 3, H, W) on the CPU."""
     caption_scene(prompt)  # fail before rendering
     cameras = heldout_cameras()
-    rgb, alpha = render_views(Cameras.from_batch(stack_cameras(cameras)), torch.tensor(background))
+    rgb, alpha = render_views(stack_cameras(cameras), torch.tensor(background))
     return evaluate_renders(rgb, alpha, prompt, cameras, classifier), rgb.detach().cpu()
 
 

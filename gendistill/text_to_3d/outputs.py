@@ -1,6 +1,9 @@
 """What a text-to-3D run leaves in its folder, written at the end of the run and also when it is stopped or
 interrupted: the scene's files, a turntable, the held-out views, the evaluation (shapes captions),
-the loss curves and ``metrics.json``. (``config.yaml`` is written before the run starts.)"""
+the loss curves and ``metrics.json``. (``config.yaml`` is written before the run starts.)
+
+Only a run whose prompt is a shapes caption by its config (``views.uses_shapes_captions``) imports the shapes
+domain, to evaluate against the analytic object and draw it under the held-out views."""
 
 from __future__ import annotations
 
@@ -12,9 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gendistill.domains.shapes import parse_caption, render_batch, stack_cameras
-from gendistill.errors import UserError
-from gendistill.render.cameras import Cameras
+from gendistill.render.cameras import stack_cameras
 from gendistill.render.gaussians import GaussianParams
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
@@ -22,6 +23,7 @@ from gendistill.text_to_3d.config import Text3DConfig
 from gendistill.text_to_3d.evaluate3d import Eval3DResult, evaluate_views, heldout_cameras, load_default_classifier
 from gendistill.text_to_3d.representations import Scene3D
 from gendistill.text_to_3d.turntable import render_turntable, save_turntable
+from gendistill.text_to_3d.views import uses_shapes_captions
 
 
 @dataclass(frozen=True)
@@ -60,23 +62,23 @@ class Text3DResult:
 
 
 @torch.no_grad()
-def _heldout_grid(prompt: str, scene: Scene3D, background: Tensor, out_dir: Path, renders: Tensor | None) -> Path:
-    """The 8 held-out views (over the analytic object when the prompt is a shapes caption)."""
+def _heldout_grid(prompt: str | None, scene: Scene3D, background: Tensor, out_dir: Path,
+                  renders: Tensor | None) -> Path:
+    """The 8 held-out views, over the analytic object of ``prompt`` when it is a shapes caption (else None)."""
     cams = heldout_cameras()
     if renders is None:
-        renders = scene.render_views(Cameras.from_batch(stack_cameras(cams)), background)[0].cpu()
+        renders = scene.render_views(stack_cameras(cams), background)[0].cpu()
     rows = [renders.clamp(0, 1)]
-    try:
+    if prompt is not None:
+        from gendistill.domains.shapes import parse_caption, render_batch
+
         rows.append(render_batch([parse_caption(prompt)] * len(cams), cams).rgb)
-    except UserError:
-        pass
     return save_png(make_grid(torch.cat(rows), columns=len(cams)), out_dir / "heldout.png")
 
 
-def _evaluate(prompt: str, scene: Scene3D, background) -> tuple[Eval3DResult | None, Tensor | None]:
-    try:
-        parse_caption(prompt)
-    except UserError:
+def _evaluate(prompt: str | None, scene: Scene3D, background) -> tuple[Eval3DResult | None, Tensor | None]:
+    """The held-out evaluation of a shapes caption, and its renders; (None, None) when ``prompt`` is None."""
+    if prompt is None:
         return None, None
     return evaluate_views(scene.render_views, prompt, load_default_classifier(), background)
 
@@ -96,10 +98,11 @@ def write_outputs(config: Text3DConfig, scene: Scene3D, history: list[dict], ski
     frames = render_turntable(scene.render_views, tt.frames, tt.elevation_deg, tt.size, config.background,
                               config.cameras.distance, config.cameras.fov_deg)
     turntable = save_turntable(frames, out_dir, tt.fps)
-    evaluation, renders = _evaluate(config.prompt, scene, config.background)
+    caption = config.prompt if uses_shapes_captions(config) else None
+    evaluation, renders = _evaluate(caption, scene, config.background)
     if evaluation is not None:
         (out_dir / "eval3d.json").write_text(json.dumps(evaluation.as_dict(), indent=2))
-    _heldout_grid(config.prompt, scene, torch.tensor(config.background), out_dir, renders)
+    _heldout_grid(caption, scene, torch.tensor(config.background), out_dir, renders)
     plot_curves(history, out_dir / "curves.png", title=f"{config.method.KIND} ({config.representation}): "
                                                        f"{config.prompt}")
     steps, loss = len(history) + skipped, final_loss(history)

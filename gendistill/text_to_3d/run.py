@@ -29,17 +29,17 @@ from gendistill.backends.loading import load_pipeline
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
 from gendistill.devices import pick_device
-from gendistill.domains.shapes import Camera, caption, parse_caption, sample_cameras, stack_cameras, view_phrase
 from gendistill.errors import RunStopped, UserError, check_range
-from gendistill.render.cameras import Cameras
+from gendistill.render.cameras import stack_cameras
 from gendistill.score.guidance import guidance_from_model
 from gendistill.text_to_3d.config import Text3DConfig
 from gendistill.text_to_3d.gaussian_scene import initial_gaussians  # noqa: F401 - part of this module's API
 from gendistill.text_to_3d.outputs import Text3DResult, write_outputs
 from gendistill.text_to_3d.regularisers import gaussian_blur, surface_total_variation
 from gendistill.text_to_3d.representations import Scene3D, check_representation, create_scene
+from gendistill.text_to_3d.views import camera_features, check_view_prompts, training_cameras, training_prompts
 
-__all__ = ["Text3DResult", "gaussian_blur", "initial_gaussians", "run_text_to_3d", "validate", "view_prompt"]
+__all__ = ["Text3DResult", "gaussian_blur", "initial_gaussians", "run_text_to_3d", "validate"]
 
 OnStep = Callable[[int, Tensor, float], None]
 """``on_step(step, images, loss)``: the step's renders (B, 3, H, W) in [0, 1] (detached) and its loss. An
@@ -76,35 +76,13 @@ def validate(prompt: str, config: Text3DConfig) -> None:
                         f"got {config.method.camera_dim}")
     if config.init.ply is not None and not Path(config.init.ply).is_file():
         raise UserError(f"init.ply {config.init.ply!r} does not exist")
+    check_view_prompts(prompt, config)
 
 
 def _get(config, dotted: str):
     for key in dotted.split("."):
         config = getattr(config, key)
     return config
-
-
-def view_prompt(prompt: str, camera: Camera | None) -> str:
-    """The prompt for one view, with the caption template: a shapes caption is rebuilt by ``caption(scene,
-    camera)``; any other prompt gets ", <view phrase>" appended. ``camera=None``: no view phrase."""
-    try:
-        scene = parse_caption(prompt)
-    except UserError:
-        return prompt.strip() if camera is None else f"{prompt.strip()}, {view_phrase(camera)}"
-    return caption(scene, camera)
-
-
-def training_cameras(config: Text3DConfig, n: int, generator: torch.Generator, size: tuple[int, int]) -> list[Camera]:
-    """``n`` cameras with uniform azimuth and elevation in the configured range."""
-    c = config.cameras
-    drawn = sample_cameras(n, generator, elevation_range_deg=tuple(c.elevation_range_deg), width=size[1],
-                           height=size[0])
-    return [dataclasses.replace(cam, distance=c.distance, fov_deg=c.fov_deg) for cam in drawn]
-
-
-def camera_features(cameras: list[Camera]) -> Tensor:
-    """Flattened 4x4 camera-to-world matrices, (B, 16): what VSD's camera-conditioned fake score reads."""
-    return torch.stack([cam.camtoworld.flatten() for cam in cameras])
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -145,9 +123,9 @@ def _train_step(run: _Run, step: int) -> tuple[dict, Tensor] | None:
     """One optimisation step; returns its log row and renders, or None when the NaN guard skipped it."""
     c = run.config
     cams = training_cameras(c, c.batch_size, run.cameras_gen, run.size)
-    prompts = [view_prompt(c.prompt, cam if c.cameras.view_dependent_prompts else None) for cam in cams]
+    prompts = training_prompts(c, cams)
     features = camera_features(cams).to(run.background.device) if c.method.KIND == "vsd" else None
-    cameras = Cameras.from_batch(stack_cameras(cams))
+    cameras = stack_cameras(cams)
     render = run.scene.render(cameras, run.background)
     if c.optim.grad_blur_px > 0:
         render.rgb.register_hook(lambda grad: gaussian_blur(grad, c.optim.grad_blur_px))

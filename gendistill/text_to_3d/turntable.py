@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gendistill.render.cameras import Cameras, orbit
+from gendistill.render.cameras import Cameras
+from gendistill.render.rig import orbit
 
 RenderViews = Callable[[Cameras, Tensor], tuple[Tensor, Tensor]]
 """``render_views(cameras, background) -> (rgb (C, 3, H, W), alpha (C, 1, H, W))``, e.g. a scene's."""

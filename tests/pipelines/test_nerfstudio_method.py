@@ -9,7 +9,8 @@ import torch
 
 pytest.importorskip("nerfstudio")
 
-from gendistill.domains.shapes.camera import DISTANCE, ELEVATION_RANGE_DEG  # noqa: E402
+from gendistill.render.cameras import DISTANCE  # noqa: E402
+from gendistill.render.rig import ELEVATION_RANGE_DEG  # noqa: E402
 from tiny_pipelines import tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.nerf

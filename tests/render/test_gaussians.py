@@ -12,12 +12,11 @@ import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
 
-from gendistill.domains.shapes import orbit_cameras, stack_cameras
 from gendistill.errors import UserError
-from gendistill.render.cameras import Cameras, orbit
 from gendistill.render.gaussians import GaussianParams, GaussianRenderer, init_from_points, init_from_sphere
 from gendistill.render.ply import load_ply, ply_property_names, save_ply
 from gendistill.render.rasterize_torch import rasterize_gaussians
+from gendistill.render.rig import orbit
 
 
 def _reference(means, quats, scales, opacities, coeffs, viewmats, Ks, width, height, sh_degree, bg):
@@ -209,16 +208,6 @@ def test_init_from_points_colours_and_scales():
     torch.testing.assert_close(params.base_colors, colors)
     torch.testing.assert_close(params.opacities, torch.full((5,), 0.25))
     assert params.shN.shape == (5, 0, 3) and (params.scales > 0.05).all() and (params.scales < 0.2).all()
-
-
-def test_orbit_equals_the_shapes_world_cameras():
-    for n, elevation, start in [(4, 20.0, 0.0), (7, -10.0, 33.0), (1, 60.0, 359.0)]:
-        ours = orbit(n, elevation, width=48, height=40, start_azimuth_deg=start)
-        theirs = stack_cameras(orbit_cameras(n, elevation, start_azimuth_deg=start, width=48, height=40))
-        assert torch.equal(ours.viewmats, theirs.viewmats) and torch.equal(ours.Ks, theirs.Ks)
-        assert (ours.width, ours.height) == (48, 40)
-        torch.testing.assert_close(ours.positions, theirs.positions)
-    assert len(Cameras.from_batch(theirs)[0]) == 1
 
 
 def _random_params(sh_degree, n=37, seed=0):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gendistill.errors import UserError
-from gendistill.render.cameras import orbit
 from gendistill.render.gaussians import GaussianRenderer, init_from_points, init_from_sphere
+from gendistill.render.rig import orbit
 from gendistill.text_to_3d import densify as densify_module
 from gendistill.text_to_3d.config import DefaultStrategyConfig, DensifyConfig, MCMCStrategyConfig, PruneConfig
 from gendistill.text_to_3d.densify import Densifier, prune_masks

@@ -11,8 +11,7 @@ pytest.importorskip("skimage")
 
 from gendistill.cli import main as cli_main  # noqa: E402
 from gendistill.config import load_config  # noqa: E402
-from gendistill.domains.shapes import stack_cameras  # noqa: E402
-from gendistill.render.cameras import Cameras  # noqa: E402
+from gendistill.render.cameras import stack_cameras  # noqa: E402
 from gendistill.render.nerf.mesh import load_mesh_ply  # noqa: E402
 from gendistill.text_to_3d.config import Text3DConfig, load_text3d_config  # noqa: E402
 from gendistill.text_to_3d.evaluate3d import heldout_cameras  # noqa: E402
@@ -21,8 +20,8 @@ from gendistill.text_to_3d.run import run_text_to_3d  # noqa: E402
 from tiny_pipelines import tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.nerf
-SMALL = ["representation=nerf", "iterations=20", "batch_size=2", "resolution=16", "progress=false",
-         "turntable.size=16", "turntable.frames=3", "nerf.num_samples=8", "nerf.eval_samples=16",
+SMALL = ["representation=nerf", "cameras.view_prompts=shapes", "iterations=20", "batch_size=2", "resolution=16",
+         "progress=false", "turntable.size=16", "turntable.frames=3", "nerf.num_samples=8", "nerf.eval_samples=16",
          "nerf.mesh.resolution=24", "nerf.field.architecture=tensorf-vm", "nerf.field.tensorf_vm.resolution=16"]
 
 
@@ -45,7 +44,7 @@ def test_twenty_nerf_steps_write_a_mesh_and_a_checkpoint_that_reloads_to_the_sam
     mesh = load_mesh_ply(result.ply)
     assert (metrics["mesh_vertices"], metrics["mesh_faces"]) == (len(mesh.vertices), len(mesh.faces))
     reloaded = load_scene(tmp_path, load_config(Text3DConfig, tmp_path / "config.yaml"))
-    cameras = Cameras.from_batch(stack_cameras(heldout_cameras(16)[:3]))
+    cameras = stack_cameras(heldout_cameras(16)[:3])
     for ours, theirs in zip(result.scene.render_views(cameras, torch.ones(3)),
                             reloaded.render_views(cameras, torch.ones(3))):
         assert torch.equal(ours, theirs)
@@ -72,7 +71,7 @@ def test_a_stopped_nerf_run_still_writes_its_mesh_checkpoint_and_metrics(tiny, t
 def test_a_fresh_field_is_empty_and_the_blob_shows_an_object_while_it_trains():
     config = load_text3d_config(None, SMALL)
     scene = create_scene(config, torch.Generator().manual_seed(0), torch.device("cpu"))
-    cameras = Cameras.from_batch(stack_cameras(heldout_cameras(16)[:2]))
+    cameras = stack_cameras(heldout_cameras(16)[:2])
     _, alpha = scene.render_views(cameras, torch.ones(3))
     assert alpha.max() < 0.1  # initial_density: an empty cube, not a grey fog
     trained = scene.render(cameras, torch.ones(3))

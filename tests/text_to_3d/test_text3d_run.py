@@ -11,7 +11,6 @@ import torch
 
 from gendistill.cli import main as cli_main
 from gendistill.config import load_config
-from gendistill.domains.shapes import Camera
 from gendistill.errors import RunStopped
 from gendistill.render.gaussians import SPLAT_KEYS, init_from_sphere
 from gendistill.render.ply import load_ply, save_ply
@@ -20,13 +19,13 @@ from gendistill.score.policies import Decreasing
 from gendistill.score.vsd import VSDConfig
 from gendistill.text_to_3d import run as run_module
 from gendistill.text_to_3d.config import Text3DConfig, load_text3d_config
-from gendistill.text_to_3d.run import gaussian_blur, initial_gaussians, run_text_to_3d, view_prompt
+from gendistill.text_to_3d.run import gaussian_blur, initial_gaussians, run_text_to_3d
 from tiny_pipelines import tiny_sd_pipeline
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "text-to-3d").glob("*.yaml"))
 SMALL = ["iterations=20", "batch_size=2", "init.num_points=150", "turntable.size=24", "progress=false",
          "densify.strategy.refine_start=3", "densify.strategy.refine_every=4", "densify.prune.after=12",
-         "densify.prune.every=4"]
+         "densify.prune.every=4", "cameras.view_prompts=shapes"]  # shapes captions: evaluated (eval3d.json)
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +99,6 @@ def test_initial_gaussians_from_a_ball_a_3dgs_file_or_a_point_cloud(tmp_path):
     cloud = initial_gaussians(load_text3d_config(None, [f"init.ply={tmp_path / 'p.ply'}"]), g)
     assert torch.allclose(cloud.means[:, 0], torch.tensor([0.0, 0.5, -0.5]))
     assert torch.allclose(cloud.base_colors, torch.tensor([[1.0, 0, 0], [1, 0, 0.2], [1, 0, 1]]), atol=1e-5)
-
-
-def test_view_prompts_follow_the_caption_template():
-    front, side = Camera(0.0, 10.0), Camera(90.0, 10.0)
-    assert view_prompt("A  Red Sphere", front) == "a red sphere, front view"
-    assert view_prompt("an orange cube, back view", side) == "an orange cube, side view"
-    assert view_prompt("a red sphere", None) == "a red sphere"
-    assert view_prompt(" a castle ", Camera(0.0, 70.0)) == "a castle, overhead view"
 
 
 def _preset_param(preset: Path):

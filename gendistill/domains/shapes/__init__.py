@@ -1,7 +1,7 @@
 """The shapes world (DESIGN.md §5): five primitives in eight colours, an exact ray caster, captions, data.
 
-World z is up, the object sits at the origin and its front faces +x (azimuth 0); cameras follow gsplat's
-OpenCV convention (see camera.py).
+World z is up, the object sits at the origin and its front faces +x (azimuth 0); cameras are the render
+layer's one camera model (gendistill.render.cameras, gsplat's OpenCV convention; see camera.py).
 """
 
 from gendistill.domains.shapes.camera import (
@@ -18,6 +18,7 @@ from gendistill.domains.shapes.camera import (
 from gendistill.domains.shapes.captions import (
     VIEW_PHRASES,
     VOCABULARY,
+    ShapesViewPrompter,
     caption,
     parse_caption,
     parse_view,
@@ -50,6 +51,7 @@ __all__ = [
     "AMBIENT", "BOUNDING_RADIUS", "COLOURS", "DEFAULT_SUPERSAMPLE", "DIFFUSE", "DISTANCE", "ELEVATION_RANGE_DEG", "FOV_DEG",
     "LIGHT_DIRECTION", "SHAPES", "SPLITS", "VIEW_PHRASES", "VOCABULARY",
     "Camera", "CameraBatch", "RayHit", "Scene", "ShapeBatch", "ShapeRender",
+    "ShapesViewPrompter",
     "all_scenes", "camera_from_uniform", "camera_rays", "caption", "colour_index", "fixed_split",
     "make_batch", "orbit_cameras", "parse_caption", "parse_view", "render", "render_batch",
     "sample_cameras", "scene_from_indices", "shading", "shape_index", "split_generator", "stack_cameras",

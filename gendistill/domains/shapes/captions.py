@@ -1,29 +1,25 @@
 """The one caption template of the shapes world: "a red cube", optionally ", front view".
 
-View phrases follow DreamFusion's view-dependent prompting (threestudio's thresholds, with the overhead
-threshold lowered to fit this world's -10..60 deg elevations):
-
-- "overhead view" when the elevation is above OVERHEAD_ELEVATION_DEG;
-- otherwise by azimuth, wrapped to (-180, 180]: "front view" within FRONT_HALF_ANGLE_DEG of 0 (the +x
-  axis), "back view" within BACK_HALF_ANGLE_DEG of 180, "side view" in between.
+View phrases are the render layer's (``gendistill.render.view_prompts``: DreamFusion's view-dependent
+prompting with threestudio's thresholds, the overhead one lowered to fit this world's -10..60 deg
+elevations). :class:`ShapesViewPrompter` is that layer's ``ViewPrompter`` for this world's captions.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from gendistill.domains.shapes.camera import Camera
 from gendistill.domains.shapes.scene import COLOURS, SHAPES, Scene
 from gendistill.errors import UserError
-
-OVERHEAD_ELEVATION_DEG = 50.0
-"""Cameras strictly above this elevation get "overhead view"."""
-FRONT_HALF_ANGLE_DEG = 45.0
-"""Cameras with |azimuth| < this (after wrapping) get "front view"."""
-BACK_HALF_ANGLE_DEG = 45.0
-"""Cameras with |azimuth - 180| < this get "back view"."""
-VIEW_PHRASES: tuple[str, ...] = ("front view", "side view", "back view", "overhead view")
-"""Every view phrase, in class-index order."""
+from gendistill.render.cameras import Camera
+from gendistill.render.view_prompts import (  # noqa: F401 - re-exported: the shapes world's names
+    BACK_HALF_ANGLE_DEG,
+    FRONT_HALF_ANGLE_DEG,
+    OVERHEAD_ELEVATION_DEG,
+    VIEW_PHRASES,
+    view_phrase,
+)
 
 VOCABULARY: tuple[str, ...] = ("a", "an", *COLOURS, *SHAPES, ",", "front", "side", "back", "overhead", "view")
 """Every word (and punctuation token) that can appear in a caption, for building a tokenizer."""
@@ -33,23 +29,21 @@ _CAPTION_RE = re.compile(
 )
 
 
-def view_phrase(camera: Camera) -> str:
-    """"front view", "side view", "back view" or "overhead view" for the camera's angles."""
-    if camera.elevation_deg > OVERHEAD_ELEVATION_DEG:
-        return "overhead view"
-    azimuth = (camera.azimuth_deg + 180.0) % 360.0 - 180.0  # in [-180, 180)
-    if abs(azimuth) < FRONT_HALF_ANGLE_DEG:
-        return "front view"
-    if abs(azimuth) > 180.0 - BACK_HALF_ANGLE_DEG:
-        return "back view"
-    return "side view"
-
-
 def caption(scene: Scene, camera: Camera | None = None) -> str:
     """"a red cube" (or "an orange cube"); with a camera, "a red cube, front view"."""
     article = "an" if scene.colour[0] in "aeiou" else "a"
     text = f"{article} {scene.colour} {scene.shape}"
     return text if camera is None else f"{text}, {view_phrase(camera)}"
+
+
+@dataclass(frozen=True)
+class ShapesViewPrompter:
+    """The shapes world's ``ViewPrompter``: rebuilds the caption with the view's phrase, so "A Red Cube" or
+    "a red cube, back view" seen from the side becomes "a red cube, side view"."""
+
+    def prompt(self, base: str, camera: Camera | None) -> str:
+        """``caption(parse_caption(base), camera)``; a UserError when ``base`` is not a shapes caption."""
+        return caption(parse_caption(base), camera)
 
 
 def parse_caption(text: str) -> Scene:

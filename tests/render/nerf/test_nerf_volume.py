@@ -6,11 +6,11 @@ import torch
 pytest.importorskip("nerfstudio")
 
 from gendistill.domains.shapes import camera_rays as shapes_camera_rays  # noqa: E402
-from gendistill.render.cameras import orbit  # noqa: E402
 from gendistill.render.nerf import (  # noqa: E402
     FieldConfig, build_field, camera_rays, intersect_cube, render_cameras, render_rays,
 )
 from gendistill.render.nerf.volume import composite, importance_bins, stratified_bins  # noqa: E402
+from gendistill.render.rig import orbit  # noqa: E402
 
 pytestmark = pytest.mark.nerf
 
