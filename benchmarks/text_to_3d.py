@@ -97,11 +97,11 @@ def heldout_renders(run_dir: Path):
 
 def nerf_unavailable() -> str | None:
     """Why nerf rows cannot run here (None when they can): the text-to-3D config must accept
-    ``representation: nerf`` and nerfstudio must import."""
-    from gendistill.text_to_3d import config as t3d_config
+    ``scene: {kind: nerf}`` and nerfstudio must import."""
+    from gendistill.jobs.text_to_3d import config as t3d_config
 
     if "nerf" not in getattr(t3d_config, "REPRESENTATIONS", ()):
-        return "the text-to-3D config does not accept representation: nerf yet"
+        return "the text-to-3D config does not accept scene kind nerf"
     if importlib.util.find_spec("nerfstudio") is None:
         return "nerfstudio is not installed in this Python (install gendistill[nerf])"
     return None
@@ -111,13 +111,13 @@ def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool)
     """Run one row with the library API and return its JSON record (status "failed" with the error on a crash)."""
     import torch
 
-    from gendistill.text_to_3d.config import load_text3d_config
-    from gendistill.text_to_3d.run import run_text_to_3d
+    from gendistill.jobs.text_to_3d.config import load_text3d_config
+    from gendistill.jobs.text_to_3d.run import run_text_to_3d
 
     presets = ROOT / "configs" / "text-to-3d"
     preset = presets / f"shapes-{spec.method}-{spec.representation}.yaml"  # e.g. the tuned shapes-sds-nerf.yaml
     preset = preset if preset.is_file() else presets / f"shapes-{spec.method}.yaml"
-    config = load_text3d_config(preset, [f"representation={spec.representation}", f"model={ROOT / MODELS[spec.model]}",
+    config = load_text3d_config(preset, [f"scene.kind={spec.representation}", f"model={ROOT / MODELS[spec.model]}",
                                          f"seed={spec.seed}", *overrides])
     record = {**asdict(spec), "key": spec.key, "run_dir": str(runs_dir / spec.slug), "overrides": overrides,
               "iterations": config.iterations, "threads": torch.get_num_threads(),
@@ -141,7 +141,7 @@ def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool)
 def diversity_groups(rows: list[dict]) -> list[dict]:
     """One record per (method, representation, model, prompt) with two or more finished seeds: mean quality
     beside the seed diversity."""
-    from gendistill.text_to_3d.evaluate3d import load_default_classifier
+    from gendistill.jobs.text_to_3d.evaluate3d import load_default_classifier
 
     groups: dict[tuple, list[dict]] = {}
     for row in rows:

@@ -3,6 +3,12 @@
 A field typed as a union of dataclasses picks its variant with a ``kind:`` key that matches the class
 attribute ``KIND``. Unknown keys and wrong types are UserErrors that name the key and what is allowed,
 raised before any work starts.
+
+Values are checked the same way everywhere: a config dataclass may define ``check(self, path)``, which raises
+a UserError naming the full key (``path`` is the section's dotted key, "" at the root; build names with
+``errors.key_path``). ``from_dict`` (hence ``load_config``) runs ``check_config`` on what it built, so every
+out-of-range value is reported at load time, before any work; code that builds configs by hand calls
+``check_config`` itself.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from gendistill.errors import UserError
+from gendistill.errors import UserError, key_path
 
 T = TypeVar("T")
 
@@ -114,11 +120,38 @@ def _apply_override(data: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"override {key!r}: {part!r} is a value, not a section")
+    if leaf == "kind" and node.get("kind", value) != value:
+        node.clear()  # another variant: the file's keys were the old variant's (--set scene.kind=nerf)
     node[leaf] = value
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Convert plain data into dataclass ``cls``, checking every key and type."""
+    """Convert plain data into dataclass ``cls``, checking every key and type, then every value
+    (``check_config``); ``where`` is the dotted key of ``data`` in the messages."""
+    config = _build(cls, data, where)
+    check_config(config, where)
+    return config
+
+
+def check_config(config, where: str = "") -> None:
+    """Call ``check(path)`` on every dataclass in the tree of ``config`` (itself, its fields, and the items of
+    its lists and dicts), each with its dotted key path; a section's own check runs before its children's."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        check = getattr(config, "check", None)
+        if callable(check):
+            check(where)
+        for field in dataclasses.fields(config):
+            check_config(getattr(config, field.name), key_path(where, field.name))
+    elif isinstance(config, dict):
+        for key, value in config.items():
+            check_config(value, key_path(where, str(key)))
+    elif isinstance(config, (list, tuple)):
+        for i, value in enumerate(config):
+            check_config(value, f"{where}[{i}]")
+
+
+def _build(cls: type[T], data: dict, where: str) -> T:
+    """``cls`` from plain data, every key and type checked (values are ``check_config``'s)."""
     if not isinstance(data, dict):
         raise UserError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -126,9 +159,9 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     data = {k: v for k, v in data.items() if not (k == "kind" and hasattr(cls, "KIND"))}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        name = _join(where, unknown[0])
+        name = key_path(where, unknown[0])
         raise UserError(f"unknown config key {name!r}; valid keys here: {', '.join(sorted(fields))}")
-    values = {name: _convert(hints[name], _with_default_kind(fields[name], data[name]), _join(where, name))
+    values = {name: _convert(hints[name], _with_default_kind(fields[name], data[name]), key_path(where, name))
               for name in data}
     return cls(**values)
 
@@ -154,10 +187,6 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
 def _convert(hint, value, where: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -170,7 +199,7 @@ def _convert(hint, value, where: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")
-        return {str(k): _convert(args[1], v, _join(where, str(k))) for k, v in value.items()}
+        return {str(k): _convert(args[1], v, key_path(where, str(k))) for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where} must be a list, got {value!r}")
@@ -178,7 +207,7 @@ def _convert(hint, value, where: str):
         converted = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(converted) if origin is tuple else converted
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        return _build(hint, value, where)
     return _convert_scalar(hint, value, where)
 
 
@@ -192,8 +221,8 @@ def _convert_union(args, value, where: str):
             kind = value.get("kind")
             if kind not in kinds:
                 raise UserError(f"{where}.kind must be one of {', '.join(sorted(kinds))}, got {kind!r}")
-            return from_dict(kinds[kind], value, where)
-        return from_dict(variants[0], value, where)
+            return _build(kinds[kind], value, where)
+        return _build(variants[0], value, where)
     scalars = [a for a in args if a is not type(None) and not dataclasses.is_dataclass(a)]
     errors = []
     for arg in scalars:

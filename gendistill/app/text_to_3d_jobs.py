@@ -2,7 +2,7 @@
 
 The settings are those of ``gendistill text-to-3d --config configs/text-to-3d/shapes-<method>.yaml`` (built by
 ``load_text3d_config``, the command's own loader), with the page's representation and iterations and the
-demo's teacher as overrides; :func:`start_text_to_3d` is the only code that runs ``gendistill.text_to_3d``.
+demo's teacher as overrides; :func:`start_text_to_3d` is the only code that runs ``gendistill.jobs.text_to_3d``.
 
 The optimisation runs in a worker thread; its ``on_step`` callback queues (step, renders, loss) for the
 tab's generator handler, which takes them at most every :data:`STREAM_EVERY_S`. Stop sets the session's
@@ -24,6 +24,7 @@ from pathlib import Path
 from gendistill.app.models import ModelCatalog, Workspace, check_choice, check_number, check_prompt
 from gendistill.app.scene_view import write_viewer_copy
 from gendistill.errors import RunStopped, UserError
+from gendistill.shipped import shipped_configs_dir
 
 STREAM_EVERY_S = 0.5
 """The page gets at most about two updates a second (renders and loss of the latest steps)."""
@@ -33,7 +34,7 @@ METHODS = ("sds", "vsd", "csd", "npg")
 REPRESENTATIONS = ("gaussians", "nerf")
 MAX_ITERATIONS = 2000
 DEFAULT_ITERATIONS = 300
-PRESETS_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "text-to-3d"
+PRESETS_DIR = shipped_configs_dir() / "text-to-3d"
 NERF_MISSING = ("the nerf representation needs nerfstudio, which this server does not have: "
                 "pip install gendistill[nerf] (or choose gaussians)")
 VIEWER_COPY = "viewer-scene.ply"
@@ -73,12 +74,12 @@ def parse_settings(prompt, method, representation, iterations) -> Text3DSettings
 
 def text3d_config(settings: Text3DSettings, model_path: Path):
     """The ``Text3DConfig`` that ``gendistill text-to-3d --config <method's preset> --set model=... --set
-    representation=... --set iterations=...`` builds (the class defaults plus ``method.kind`` when the presets
+    scene.kind=... --set iterations=...`` builds (the class defaults plus ``method.kind`` when the presets
     are not there, e.g. an installed wheel)."""
-    from gendistill.text_to_3d.config import load_text3d_config
+    from gendistill.jobs.text_to_3d.config import load_text3d_config
 
     preset = PRESETS_DIR / f"shapes-{settings.method}.yaml"
-    overrides = [f"model={model_path}", f"representation={settings.representation}",
+    overrides = [f"model={model_path}", f"scene.kind={settings.representation}",
                  f"iterations={settings.iterations}", "progress=false"]
     if not preset.is_file():
         return load_text3d_config(None, [f"method.kind={settings.method}", *overrides])
@@ -86,8 +87,8 @@ def text3d_config(settings: Text3DSettings, model_path: Path):
 
 
 def start_text_to_3d(settings: Text3DSettings, model_path: Path, out_dir: Path, on_step) -> None:
-    """Run ``gendistill.text_to_3d`` for these settings, writing its outputs to ``out_dir`` (blocking)."""
-    from gendistill.text_to_3d.run import run_text_to_3d
+    """Run ``gendistill.jobs.text_to_3d`` for these settings, writing its outputs to ``out_dir`` (blocking)."""
+    from gendistill.jobs.text_to_3d.run import run_text_to_3d
 
     run_text_to_3d(settings.prompt, text3d_config(settings, model_path), out_dir, progress=False, on_step=on_step)
 

@@ -5,7 +5,7 @@ wired like nerfstudio's own text-to-3D method (generfacto): a ``RandomCamerasDat
 orbit cameras (no images), the model renders their rays, and the loss is score distillation. What differs:
 
 - the guidance is ``gendistill.score``'s SDS on any diffusers text-to-image folder that gendistill loads
-  (default: the shipped shapes teacher, ``assets/shapes-teacher``; a distilled student works too), with
+  (default: the shipped shapes teacher, ``shapes-teacher``; a distilled student works too), with
   view-dependent prompts ("a red cube, side view") from each camera's angles, with text-to-3d's templates
   (``view_prompts``: auto, shapes or suffix);
 - the model's field is ``gendistill.render.nerf``'s radiance field (nerfstudio's field components, torch
@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Dict, List, Tuple, Type
 
 import torch
 from torch import Tensor
 from torch.nn import Parameter
 
-import gendistill  # noqa: F401 - before nerfstudio: makes torchvision importable under CPU torch
+from gendistill.compat.torchvision_ops import define_missing_torchvision_ops
 from gendistill.render.cameras import DISTANCE, FOV_DEG, Camera
 from gendistill.render.rig import ELEVATION_RANGE_DEG
 from gendistill.errors import UserError
+from gendistill.shipped import shipped_models_dir
+
+define_missing_torchvision_ops()  # before nerfstudio: makes torchvision importable under CPU torch
 
 try:
     from nerfstudio.configs.base_config import ViewerConfig
@@ -47,7 +49,7 @@ try:
 except ImportError:
     raise UserError("the gendistill-sds nerfstudio method needs nerfstudio: pip install 'gendistill[nerf]'") from None
 
-DEFAULT_GUIDANCE_MODEL = Path(gendistill.__file__).resolve().parent.parent / "assets" / "shapes-teacher"
+DEFAULT_GUIDANCE_MODEL = shipped_models_dir() / "shapes-teacher"
 """The shipped shapes teacher (a diffusers folder)."""
 DEFAULT_STEPS = 600
 """Training iterations of the method (and the length of the timestep schedule)."""
@@ -116,9 +118,8 @@ class GendistillSDSModel(Model):
         from gendistill.backends.text_to_image import TextToImageModel
         from gendistill.config import from_dict
         from gendistill.render.nerf import FieldConfig, build_field
-        from gendistill.score.guidance import guidance_from_model
-        from gendistill.text_to_3d.config import default_method, default_nerf_field
-        from gendistill.text_to_3d.nerf_scene import BlobField, set_initial_density
+        from gendistill.jobs.text_to_3d.config import default_method
+        from gendistill.render.scenes.nerf import BlobField, default_nerf_field, set_initial_density
 
         super().populate_modules()
         c = self.config
@@ -132,8 +133,8 @@ class GendistillSDSModel(Model):
         method = replace(tuned, guidance_scale=c.guidance_scale,
                          timesteps=replace(tuned.timesteps, t_start=c.t_start, t_end=c.t_end))
         # a plain attribute, not a submodule: the diffusion model is frozen and stays out of checkpoints
-        self.__dict__["guidance"] = guidance_from_model(
-            TextToImageModel(load_pipeline(c.guidance_model, device=str(device))), "sds", method)
+        model = TextToImageModel(load_pipeline(c.guidance_model, device=str(device)))
+        self.__dict__["guidance"] = method.build(model)
         self.sample_gens: Dict[str, torch.Generator] = {}
         self.noise_gen = torch.Generator(device).manual_seed(c.seed + 1)
         self.step, self.total_steps = 0, c.total_steps
@@ -150,7 +151,7 @@ class GendistillSDSModel(Model):
         c = self.config
         self.step = step
         fade = c.blob_fraction * self.total_steps
-        self.trainee.strength = c.density_blob * max(0.0, 1.0 - step / fade) if fade > 0 else 0.0
+        self.trainee.strength.fill_(c.density_blob * max(0.0, 1.0 - step / fade) if fade > 0 else 0.0)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = {group["name"]: list(group["params"]) for group in self.field.parameter_groups()}
@@ -177,7 +178,7 @@ class GendistillSDSModel(Model):
 
     def view_prompts(self, batch: Dict) -> List[str]:
         """The prompt of each camera of ``batch`` (its ``vertical`` and ``central`` angles)."""
-        from gendistill.text_to_3d.views import make_view_prompter, resolve_view_prompts
+        from gendistill.jobs.text_to_3d.views import make_view_prompter, resolve_view_prompts
 
         c = self.config
         prompter = make_view_prompter(resolve_view_prompts(c.view_prompts, c.guidance_model))

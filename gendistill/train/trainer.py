@@ -87,11 +87,11 @@ class Trainer:
         for module in self.modules.values():
             module.to(self.device)
         self.phases: list[Phase] = recipe.phases()
-        parallel.prepare_sharding(self)
-        self.optimizers = {p.name: build_optimizers(p, self._optimizer_config(p.name)) for p in self.phases}
-        self.counters = {"skipped": 0, "bad_in_a_row": 0, **{f"updates/{p.name}": 0 for p in self.phases}}
         name = recipe.ema_module()
         self.ema = EMA(self.modules[name], config.ema_decay) if (name and config.ema_decay) else None
+        parallel.prepare_sharding(self)  # fsdp: shards the modules and the EMA, rebuilds self.phases
+        self.optimizers = {p.name: build_optimizers(p, self._optimizer_config(p.name)) for p in self.phases}
+        self.counters = {"skipped": 0, "bad_in_a_row": 0, **{f"updates/{p.name}": 0 for p in self.phases}}
         self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
         self.progress = progress and self.accelerator.is_main_process
         self.stop_request = StopRequest()
@@ -247,11 +247,17 @@ class Trainer:
             "diverged" if isinstance(err, TrainingDiverged) else type(err).__name__)
         checkpoint = latest_checkpoint(self.checkpoint_root)
         saved_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
-        if self._between_steps and reason != "diverged" and state.step > saved_step \
-                and self.accelerator.is_main_process:
-            checkpoint = self._write_checkpoint(state)
-        if self.on_stop is not None:
+        if self._between_steps and reason != "diverged" and state.step > saved_step:
+            if parallel.is_sharded(self):  # a collective: every rank stops between the same steps
+                checkpoint = parallel.save_sharded(self, state)
+            elif self.accelerator.is_main_process:
+                checkpoint = self._write_checkpoint(state)
+        if self.on_stop is None:
+            return
+        try:
             self.on_stop(self._result(state, start, checkpoint, reason))
+        except Exception as hook_error:  # what stopped the run matters more than a failed write
+            raise err from hook_error
 
     def _result(self, state: TrainState, start: float, checkpoint: Path | None, stopped: str | None) -> TrainResult:
         return TrainResult(state.step, state.history, checkpoint, time.perf_counter() - start, stopped,
@@ -261,7 +267,7 @@ class Trainer:
 
     def _evaluate(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process or parallel.is_sharded(self):  # sharded forwards are collective
             metrics = {f"eval/{k}": v for k, v in self.eval_fn(step).items()}
         self.accelerator.wait_for_everyone()
         return metrics
@@ -274,14 +280,14 @@ class Trainer:
                                self.config.keep_checkpoints, extra)
 
     def _save(self, state: TrainState) -> Path | None:
-        if self.config.distributed == "fsdp":
+        if parallel.is_sharded(self):
             return parallel.save_sharded(self, state)
         path = self._write_checkpoint(state) if self.accelerator.is_main_process else None
         self.accelerator.wait_for_everyone()
         return path or latest_checkpoint(self.checkpoint_root)
 
     def _resume(self) -> TrainState:
-        if self.config.distributed == "fsdp":
+        if parallel.is_sharded(self):
             return parallel.load_sharded(self)
         data, unreadable = read_newest_readable(self.checkpoint_root)
         if hasattr(self.recipe, "load_extra_state") and data.extra is not None:

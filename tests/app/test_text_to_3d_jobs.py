@@ -17,7 +17,7 @@ from gendistill.app.text_to_3d_jobs import (METHODS, NERF_MISSING, PRESETS_DIR, 
 from gendistill.errors import UserError
 from gendistill.render.gaussians import init_from_sphere
 from gendistill.render.ply import save_ply
-from gendistill.text_to_3d.config import load_text3d_config
+from gendistill.jobs.text_to_3d.config import load_text3d_config
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -26,7 +26,7 @@ def test_the_demo_runs_the_commands_config_for_each_method(method, tmp_path):
     config = text3d_config(settings, tmp_path / "teacher")
     # what `gendistill text-to-3d --config configs/text-to-3d/shapes-<method>.yaml --set ...` builds
     command = load_text3d_config(PRESETS_DIR / f"shapes-{method}.yaml",
-                                 [f"model={tmp_path / 'teacher'}", "representation=gaussians", "iterations=7"])
+                                 [f"model={tmp_path / 'teacher'}", "scene.kind=gaussians", "iterations=7"])
     assert config.method.KIND == method and config.iterations == 7 and config.model == str(tmp_path / "teacher")
     assert dataclasses.replace(config, progress=True) == command
 
@@ -92,13 +92,14 @@ def test_nerf_without_nerfstudio_is_a_message_not_a_traceback():
 @pytest.mark.slow
 def test_a_nerf_run_from_the_demo_is_shown_as_its_mesh(demo_models, tmp_path):
     pytest.importorskip("nerfstudio")
-    from gendistill.text_to_3d.run import run_text_to_3d
+    from gendistill.jobs.text_to_3d.run import run_text_to_3d
 
     settings = parse_settings("a red cube", "sds", "nerf", 2)
     config = text3d_config(settings, demo_models["teacher"])
     small = dataclasses.replace(  # the preset's NeRF, with small exports for a test
         config, batch_size=1, turntable=dataclasses.replace(config.turntable, frames=2, size=16),
-        nerf=dataclasses.replace(config.nerf, eval_samples=8, mesh=dataclasses.replace(config.nerf.mesh, resolution=16)))
+        scene=dataclasses.replace(config.scene, eval_samples=8,
+                                  mesh=dataclasses.replace(config.scene.mesh, resolution=16)))
     steps = []
     run_text_to_3d(settings.prompt, small, tmp_path, progress=False, on_step=lambda s, im, loss: steps.append(s))
     shown = viewed_file(tmp_path, "nerf")

@@ -8,9 +8,9 @@ import torch
 from gendistill.errors import UserError
 from gendistill.render.gaussians import GaussianRenderer, init_from_points, init_from_sphere
 from gendistill.render.rig import orbit
-from gendistill.text_to_3d import densify as densify_module
-from gendistill.text_to_3d.config import DefaultStrategyConfig, DensifyConfig, MCMCStrategyConfig, PruneConfig
-from gendistill.text_to_3d.densify import Densifier, prune_masks
+from gendistill.render import densify as densify_module
+from gendistill.render.densify import DefaultStrategyConfig, DensifyConfig, MCMCStrategyConfig, PruneConfig
+from gendistill.render.densify import Densifier, prune_masks
 
 
 def adam(params):
@@ -28,7 +28,7 @@ def run_steps(densifier, params, optimizers, steps, cams=None):
         (1 - out.rgb).square().mean().backward()
         for opt in optimizers.values():
             opt.step()
-        events.append(densifier.after_backward(step, out, cams))
+        events.append(densifier.after_backward(step, out, cams, optimizers))
     return events
 
 
@@ -37,7 +37,7 @@ def test_default_strategy_grows_and_keeps_optimizers_in_step():
     optimizers = adam(params)
     config = DensifyConfig(DefaultStrategyConfig(refine_start=0, refine_every=2, grow_grad2d=1e-9),
                            PruneConfig(after=None))
-    events = run_steps(Densifier(config, params, optimizers), params, optimizers, range(3))
+    events = run_steps(Densifier(config, params), params, optimizers, range(3))
     assert events[-1].after == len(params) > 150 and events[-1].before == 150
     for name, opt in optimizers.items():
         assert opt.param_groups[0]["params"][0] is params.splats[name]
@@ -51,11 +51,11 @@ def test_default_strategy_prunes_transparent_gaussians_and_respects_the_cap():
     optimizers = adam(params)
     config = DensifyConfig(DefaultStrategyConfig(refine_start=0, refine_every=2, grow_grad2d=1e9, prune_opacity=0.01),
                            PruneConfig(after=None))
-    run_steps(Densifier(config, params, optimizers), params, optimizers, range(3))
+    run_steps(Densifier(config, params), params, optimizers, range(3))
     assert len(params) == 60 and params.opacities.min() > 0.5
     capped = DensifyConfig(DefaultStrategyConfig(refine_start=0, refine_every=2, grow_grad2d=1e-9, max_gaussians=119),
                            PruneConfig(after=None))
-    run_steps(Densifier(capped, params, optimizers), params, optimizers, range(3))
+    run_steps(Densifier(capped, params), params, optimizers, range(3))
     assert len(params) == 60
 
 
@@ -80,7 +80,7 @@ def test_prune_only_phase_removes_a_planted_oversized_gaussian_and_a_floater():
     assert not masks.transparent.any()
     optimizers = adam(params)
     densifier = Densifier(DensifyConfig(DefaultStrategyConfig(grow_grad2d=1e-9, refine_every=1, refine_start=0),
-                                        PruneConfig(after=2, every=5)), params, optimizers, total_steps=4)
+                                        PruneConfig(after=2, every=5)), params, total_steps=4)
     events = run_steps(densifier, params, optimizers, range(4))
     assert events[1].after > 302  # the strategy grows before the prune-only phase
     assert events[2].pruned_oversized >= 1 and events[2].pruned_floaters >= 1
@@ -91,7 +91,8 @@ def test_prune_only_phase_removes_a_planted_oversized_gaussian_and_a_floater():
 
 def test_prune_never_removes_every_gaussian():
     params = init_from_sphere(5, 0.5, torch.Generator().manual_seed(0), sh_degree=0, opacity=0.001)
-    densifier = Densifier(DensifyConfig(None, PruneConfig(after=0)), params, adam(params))
+    densifier = Densifier(DensifyConfig(None, PruneConfig(after=0)), params)
+    densifier.use_optimizers(adam(params))
     assert densifier.prune(0).after == 1
 
 
@@ -100,11 +101,11 @@ def test_mcmc_needs_cuda_and_gets_the_means_learning_rate(monkeypatch):
     optimizers = adam(params)
     config = DensifyConfig(MCMCStrategyConfig(), PruneConfig(after=None))
     with pytest.raises(UserError, match="mcmc.*CUDA"):
-        Densifier(config, params, optimizers)
+        Densifier(config, params)
     from gsplat.strategy import MCMCStrategy
 
     calls = []
     monkeypatch.setattr(densify_module, "cuda_kernels_available", lambda: True)
     monkeypatch.setattr(MCMCStrategy, "step_post_backward", lambda self, *a, **kw: calls.append((a[3], kw)))
-    run_steps(Densifier(config, params, optimizers), params, optimizers, range(2))
+    run_steps(Densifier(config, params), params, optimizers, range(2))
     assert calls == [(0, {"lr": optimizers["means"].param_groups[0]["lr"]}), (1, {"lr": 1.6e-4})]

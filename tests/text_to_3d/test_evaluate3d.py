@@ -11,8 +11,8 @@ from gendistill.domains.shapes import Scene, camera_rays, orbit_cameras, render_
 from gendistill.errors import UserError
 from gendistill.render.gaussians import init_from_points
 from gendistill.render.ply import save_ply
-from gendistill.text_to_3d.config import Text3DConfig
-from gendistill.text_to_3d.evaluate3d import (colour_error, evaluate_gaussians, evaluate_renders, heldout_cameras,
+from gendistill.jobs.text_to_3d.config import Text3DConfig
+from gendistill.jobs.text_to_3d.evaluate3d import (colour_error, evaluate_gaussians, evaluate_renders, heldout_cameras,
                                               silhouette_iou)
 
 
@@ -50,7 +50,7 @@ def fitted_gaussians(scene: Scene, n_points: int = 4000):
 
 @pytest.fixture(scope="module")
 def classifier():
-    from gendistill.text_to_3d.evaluate3d import load_default_classifier
+    from gendistill.jobs.text_to_3d.evaluate3d import load_default_classifier
 
     return load_default_classifier()
 

@@ -14,18 +14,19 @@ from gendistill.config import load_config
 from gendistill.errors import RunStopped
 from gendistill.render.gaussians import SPLAT_KEYS, init_from_sphere
 from gendistill.render.ply import load_ply, save_ply
-from gendistill.score.guidance import SDSConfig
-from gendistill.score.policies import Decreasing
+from gendistill.diffusion.timesteps import Decreasing
+from gendistill.render.scenes.gaussians import initial_gaussians
+from gendistill.score.regularisers import gaussian_blur
+from gendistill.score.sds import SDSConfig
 from gendistill.score.vsd import VSDConfig
-from gendistill.text_to_3d import run as run_module
-from gendistill.text_to_3d.config import Text3DConfig, load_text3d_config
-from gendistill.text_to_3d.run import gaussian_blur, initial_gaussians, run_text_to_3d
+from gendistill.jobs.text_to_3d.config import Text3DConfig, load_text3d_config
+from gendistill.jobs.text_to_3d.run import run_text_to_3d
 from tiny_pipelines import tiny_sd_pipeline
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "text-to-3d").glob("*.yaml"))
-SMALL = ["iterations=20", "batch_size=2", "init.num_points=150", "turntable.size=24", "progress=false",
-         "densify.strategy.refine_start=3", "densify.strategy.refine_every=4", "densify.prune.after=12",
-         "densify.prune.every=4", "cameras.view_prompts=shapes"]  # shapes captions: evaluated (eval3d.json)
+SMALL = ["iterations=20", "batch_size=2", "scene.init.num_points=150", "turntable.size=24", "progress=false",
+         "scene.densify.strategy.refine_start=3", "scene.densify.strategy.refine_every=4",
+         "scene.densify.prune.after=12", "scene.densify.prune.every=4", "cameras.view_prompts=shapes"]  # shapes captions: evaluated (eval3d.json)
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +61,18 @@ def test_twenty_steps_write_every_output_and_the_ply_round_trips(tiny, tmp_path)
 
 def test_config_overrides_change_only_the_keys_they_name(tmp_path):
     tuned = Text3DConfig().method
-    config = load_text3d_config(None, ["method.guidance_scale=7", "method.timesteps.t_end=0.4", "optim.lr.sh0=0.02"])
+    config = load_text3d_config(None, ["method.guidance_scale=7", "method.timesteps.t_end=0.4",
+                                       "scene.lr.sh0=0.02"])
     assert isinstance(config.method, SDSConfig) and config.method.guidance_scale == 7
     assert config.method.timesteps == Decreasing(tuned.timesteps.t_start, 0.4, tuned.timesteps.shape,
                                                  tuned.timesteps.jitter)
-    assert config.optim.lr.sh0 == 0.02 and config.optim.lr.means == Text3DConfig().optim.lr.means
+    assert config.scene.lr.sh0 == 0.02 and config.scene.lr.means == Text3DConfig().scene.lr.means
     switched = load_text3d_config(None, ["method.kind=vsd", "method.lora_rank=2"])
     assert switched.method == VSDConfig(lora_rank=2)
-    (tmp_path / "c.yaml").write_text("iterations: 7\ndensify:\n  strategy: null\n")
+    (tmp_path / "c.yaml").write_text("iterations: 7\nscene:\n  densify:\n    strategy: null\n")
     from_file = load_text3d_config(tmp_path / "c.yaml", ["seed=4"])
-    assert (from_file.iterations, from_file.seed, from_file.densify.strategy) == (7, 4, None)
-    assert from_file.densify.prune == Text3DConfig().densify.prune
+    assert (from_file.iterations, from_file.seed, from_file.scene.densify.strategy) == (7, 4, None)
+    assert from_file.scene.densify.prune == Text3DConfig().scene.densify.prune
 
 
 def test_gradient_blur_keeps_constants_and_mass():
@@ -83,12 +85,12 @@ def test_gradient_blur_keeps_constants_and_mass():
 
 def test_initial_gaussians_from_a_ball_a_3dgs_file_or_a_point_cloud(tmp_path):
     g = torch.Generator().manual_seed(0)
-    ball = initial_gaussians(load_text3d_config(None, ["init.num_points=50", "init.colour_jitter=0.1"]), g)
+    ball = initial_gaussians(load_text3d_config(None, ["scene.init.num_points=50", "scene.init.colour_jitter=0.1"]).scene.init, g)
     colours = ball.base_colors
     assert len(ball) == 50 and ((colours - 0.5).abs() <= 0.1 + 1e-6).all() and ball.means.norm(dim=1).max() <= 0.6
     gaussians = init_from_sphere(30, 0.5, g, sh_degree=1)
     save_ply(gaussians, tmp_path / "g.ply")
-    loaded = initial_gaussians(load_text3d_config(None, [f"init.ply={tmp_path / 'g.ply'}"]), g)
+    loaded = initial_gaussians(load_text3d_config(None, [f"scene.init.ply={tmp_path / 'g.ply'}"]).scene.init, g)
     assert torch.equal(loaded.means, gaussians.means.detach()) and loaded.sh_degree == 1
     points = np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
                                 ("blue", "u1")])
@@ -96,7 +98,7 @@ def test_initial_gaussians_from_a_ball_a_3dgs_file_or_a_point_cloud(tmp_path):
     header = ("ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
               "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
     (tmp_path / "p.ply").write_bytes(header.encode() + points.tobytes())
-    cloud = initial_gaussians(load_text3d_config(None, [f"init.ply={tmp_path / 'p.ply'}"]), g)
+    cloud = initial_gaussians(load_text3d_config(None, [f"scene.init.ply={tmp_path / 'p.ply'}"]).scene.init, g)
     assert torch.allclose(cloud.means[:, 0], torch.tensor([0.0, 0.5, -0.5]))
     assert torch.allclose(cloud.base_colors, torch.tensor([[1.0, 0, 0], [1, 0, 0.2], [1, 0, 1]]), atol=1e-5)
 
@@ -106,7 +108,7 @@ def _preset_param(preset: Path):
     return pytest.param(preset, id=preset.stem, marks=[pytest.mark.nerf] if nerf else [])
 
 
-NERF_TINY = ["resolution=16", "nerf.num_samples=8", "nerf.eval_samples=8", "nerf.mesh.resolution=16"]
+NERF_TINY = ["resolution=16", "scene.num_samples=8", "scene.eval_samples=8", "scene.mesh.resolution=16"]
 
 
 @pytest.mark.parametrize("preset", [_preset_param(p) for p in PRESETS])
@@ -115,9 +117,10 @@ def test_every_preset_runs_two_steps_through_the_cli(preset, tiny, tmp_path, cap
     if nerf:
         pytest.importorskip("nerfstudio")
     extra = [item for value in NERF_TINY for item in ("--set", value)] if nerf else []
+    gaussian_sets = [] if nerf else ["--set", "scene.init.num_points=60"]
     code = cli_main(["text-to-3d", "a blue cone", "--config", str(preset), "--model", str(tiny), "--seed", "3",
-                     "--set", "iterations=2", "--set", "init.num_points=60", "--set", "turntable.frames=4",
-                     "--set", "turntable.size=16", "--set", "progress=false", *extra, "--out", str(tmp_path)])
+                     "--set", "iterations=2", "--set", "turntable.frames=4", "--set", "turntable.size=16",
+                     "--set", "progress=false", *extra, *gaussian_sets, "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     assert "scene:" in capsys.readouterr().out
     resolved = load_config(Text3DConfig, tmp_path / "config.yaml")
@@ -136,9 +139,11 @@ def test_presets_exist():
     (["", "--out", "OUT"], "the prompt is empty"),
     (["a red sphere", "--method", "dreamfusion", "--out", "OUT"], "method.kind must be one of csd, npg, sds, vsd"),
     (["a red sphere", "--representation", "bogus", "--out", "OUT"],
-     "unknown representation 'bogus'; choose one of: gaussians, nerf"),
+     "scene.kind must be one of gaussians, nerf"),
     (["a red sphere", "--model", "NOTPIPE", "--out", "OUT"], "is not a diffusers pipeline folder"),
-    (["a red sphere", "--set", "densify.colour=1", "--out", "OUT"], "unknown config key 'densify.colour'"),
+    (["a red sphere", "--set", "scene.densify.colour=1", "--out", "OUT"],
+     "unknown config key 'scene.densify.colour'"),
+    (["a red sphere", "--set", "iterations=0", "--out", "OUT"], "iterations must be >= 1, got 0"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
     (tmp_path / "NOTPIPE").mkdir()
@@ -148,19 +153,29 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, message, tmp_path, caps
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_nan_guard_stops_the_run_and_keeps_the_last_good_scene(tiny, tmp_path, monkeypatch):
-    real = run_module.guidance_from_model
+def wrap_guidance(monkeypatch, wrapper):
+    """Every SDS guidance built from now on is ``wrapper(real guidance)``."""
+    real = SDSConfig.build
+    monkeypatch.setattr(SDSConfig, "build", lambda self, model: wrapper(real(self, model)))
 
-    class Poisoned:
-        def __init__(self, inner):
-            self.inner = inner
 
+class _Delegating:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_nan_guard_skips_steps_then_stops_and_keeps_the_last_good_scene(tiny, tmp_path, monkeypatch):
+
+    class Poisoned(_Delegating):
         def gradient(self, images, *args, **kwargs):
             return self.inner.gradient(images * float("nan"), *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "guidance_from_model", lambda *a: Poisoned(real(*a)))
+    wrap_guidance(monkeypatch, Poisoned)
     config = load_text3d_config(None, [f"model={tiny}", *SMALL, "turntable.frames=2"])
-    with pytest.raises(RunStopped, match="not finite for 10 steps"):
+    with pytest.raises(RunStopped, match=r"\(10 updates in a row skipped\)"):
         run_text_to_3d("a red sphere", config, tmp_path, progress=False)
     assert len(load_ply(tmp_path / "scene.ply")) == 150 and load_ply(tmp_path / "scene.ply").means.isfinite().all()
     assert json.loads((tmp_path / "metrics.json").read_text())["skipped_steps"] == 10
@@ -196,18 +211,13 @@ def test_a_run_stopped_from_on_step_writes_its_outputs_then_re_raises(tiny, tmp_
 
 
 def test_ctrl_c_writes_the_outputs_and_exits_130(tiny, tmp_path, monkeypatch, capsys):
-    real = run_module.guidance_from_model
-
-    class Interrupted:
-        def __init__(self, inner):
-            self.inner = inner
-
+    class Interrupted(_Delegating):
         def gradient(self, images, prompts, step, *args, **kwargs):
             if step == 3:
                 raise KeyboardInterrupt
             return self.inner.gradient(images, prompts, step, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "guidance_from_model", lambda *a: Interrupted(real(*a)))
+    wrap_guidance(monkeypatch, Interrupted)
     sets = [item for pair in zip(["--set"] * len(SMALL), SMALL) for item in pair]
     code = cli_main(["text-to-3d", "a red sphere", "--model", str(tiny), *sets, "--set", "turntable.frames=2",
                      "--out", str(tmp_path)])
@@ -219,9 +229,33 @@ def test_ctrl_c_writes_the_outputs_and_exits_130(tiny, tmp_path, monkeypatch, ca
 
 def test_the_same_seed_gives_the_same_scene(tiny, tmp_path):
     config = load_text3d_config(None, [f"model={tiny}", *SMALL, "iterations=6", "turntable.frames=1",
-                                       "densify.strategy.refine_every=2", "densify.strategy.grow_grad2d=1e-9"])
+                                       "scene.densify.strategy.refine_every=2",
+                                       "scene.densify.strategy.grow_grad2d=1e-9"])
     first = run_text_to_3d("a red sphere", config, tmp_path / "a", progress=False)
     torch.rand(5)  # the global RNG's state must not matter
     second = run_text_to_3d("a red sphere", config, tmp_path / "b", progress=False)
     assert first.num_gaussians == second.num_gaussians > 150  # gsplat split some (with the global RNG)
     assert (tmp_path / "a" / "scene.ply").read_bytes() == (tmp_path / "b" / "scene.ply").read_bytes()
+
+
+def test_a_killed_run_resumes_to_the_same_scene(tiny, tmp_path):
+    """Kill after 7 of 12 steps (densification has grown the scene by then), resume: the same bytes as an
+    uninterrupted run, Gaussians, densification statistics and Adam state included."""
+    config = load_text3d_config(None, [f"model={tiny}", *SMALL, "iterations=12", "turntable.frames=1",
+                                       "scene.densify.strategy.refine_every=2",
+                                       "scene.densify.strategy.grow_grad2d=1e-9", "run.checkpoint_every=3"])
+    straight = run_text_to_3d("a red sphere", config, tmp_path / "a", progress=False)
+
+    def kill(step, images, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_text_to_3d("a red sphere", config, tmp_path / "b", progress=False, on_step=kill)
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 7
+    said = []
+    resumed = run_text_to_3d("a red sphere", config, tmp_path / "b", progress=False, resume=True, log=said.append)
+    assert said == ["resumed from step-0000007"]
+    assert straight.num_gaussians == resumed.num_gaussians > 150
+    assert (tmp_path / "a" / "scene.ply").read_bytes() == (tmp_path / "b" / "scene.ply").read_bytes()
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 12

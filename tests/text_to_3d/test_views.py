@@ -14,8 +14,8 @@ import torch
 
 from gendistill.errors import UserError
 from gendistill.render.cameras import Camera
-from gendistill.text_to_3d.config import load_text3d_config
-from gendistill.text_to_3d.views import (camera_features, check_view_prompts, resolve_view_prompts, training_cameras,
+from gendistill.jobs.text_to_3d.config import load_text3d_config
+from gendistill.jobs.text_to_3d.views import (camera_features, check_view_prompts, resolve_view_prompts, training_cameras,
                                          training_prompts, uses_shapes_captions)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,22 +100,22 @@ def test_a_non_shapes_run_never_imports_the_shapes_domain(tmp_path):
         from pathlib import Path
 
         import torch
-        from gendistill.text_to_3d import run
-        from gendistill.text_to_3d.config import load_text3d_config
-        from gendistill.text_to_3d.outputs import write_outputs
-        from gendistill.text_to_3d.representations import create_scene
-        from gendistill.text_to_3d.views import make_view_prompter, resolve_view_prompts, training_prompts
+        from gendistill.jobs.text_to_3d import run
+        from gendistill.jobs.text_to_3d.config import load_text3d_config
+        from gendistill.jobs.text_to_3d.outputs import write_outputs
+        from gendistill.jobs.text_to_3d import views as run_views
+        from gendistill.jobs.text_to_3d.views import make_view_prompter, resolve_view_prompts, training_prompts
 
         torch.set_num_threads(1)
-        config = load_text3d_config(None, ["model={tmp_path / 'pipe'}", "init.num_points=40", "turntable.frames=2",
+        config = load_text3d_config(None, ["model={tmp_path / 'pipe'}", "scene.init.num_points=40", "turntable.frames=2",
                                            "turntable.size=16", "prompt=a chair"])
         run.validate("a chair", config)
         assert resolve_view_prompts(config.cameras.view_prompts, config.model) == "suffix"
         prompter = make_view_prompter("suffix")
-        cams = run.training_cameras(config, 2, torch.Generator().manual_seed(0), (16, 16))
+        cams = run_views.training_cameras(config, 2, torch.Generator().manual_seed(0), (16, 16))
         assert training_prompts(config, cams) == [prompter.prompt("a chair", c) for c in cams]
         assert training_prompts(config, cams)[0].startswith("a chair, ")
-        scene = create_scene(config, torch.Generator().manual_seed(0), torch.device("cpu"))
+        scene = config.scene.build(torch.Generator().manual_seed(0), torch.device("cpu"), config.iterations)
         result = write_outputs(config, scene, [{{"step": 0, "loss": 1.0}}], 0, 0.1, Path("{tmp_path / 'out'}"))
         assert result.evaluation is None
         loaded = sorted(m for m in sys.modules if m.startswith("gendistill.domains"))

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-import gendistill  # noqa: F401  (before nerfstudio: makes torchvision importable under CPU torch)
 from gendistill.errors import UserError, check_choice, check_range
 
 ARCHITECTURES = ("mlp", "tensorf-vm", "tensorf-cp", "hashgrid")
@@ -151,6 +150,9 @@ def trunc_exp(x: Tensor) -> Tensor:
 
 def _nerfstudio():
     """The nerfstudio modules fields need, or a UserError that says how to install them."""
+    from gendistill.compat.torchvision_ops import define_missing_torchvision_ops
+
+    define_missing_torchvision_ops()  # nerfstudio imports torchvision, which needs it under CPU torch
     try:
         from nerfstudio.field_components import encodings, mlp
     except ImportError:

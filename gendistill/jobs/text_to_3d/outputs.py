@@ -19,11 +19,11 @@ from gendistill.render.cameras import stack_cameras
 from gendistill.render.gaussians import GaussianParams
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
-from gendistill.text_to_3d.config import Text3DConfig
-from gendistill.text_to_3d.evaluate3d import Eval3DResult, evaluate_views, heldout_cameras, load_default_classifier
-from gendistill.text_to_3d.representations import Scene3D
-from gendistill.text_to_3d.turntable import render_turntable, save_turntable
-from gendistill.text_to_3d.views import uses_shapes_captions
+from gendistill.jobs.text_to_3d.config import Text3DConfig
+from gendistill.jobs.text_to_3d.evaluate3d import Eval3DResult, evaluate_views, heldout_cameras, load_default_classifier
+from gendistill.render.scene import Scene
+from gendistill.jobs.text_to_3d.turntable import render_turntable, save_turntable
+from gendistill.jobs.text_to_3d.views import uses_shapes_captions
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Text3DResult:
 
     out_dir: Path
     """The output folder."""
-    scene: Scene3D
+    scene: Scene
     """The final scene (GaussianScene or NerfScene)."""
     ply: Path
     """The PLY a 3D viewer shows: the Gaussians in the 3DGS layout, or a NeRF's marching-cubes mesh."""
@@ -62,7 +62,7 @@ class Text3DResult:
 
 
 @torch.no_grad()
-def _heldout_grid(prompt: str | None, scene: Scene3D, background: Tensor, out_dir: Path,
+def _heldout_grid(prompt: str | None, scene: Scene, background: Tensor, out_dir: Path,
                   renders: Tensor | None) -> Path:
     """The 8 held-out views, over the analytic object of ``prompt`` when it is a shapes caption (else None)."""
     cams = heldout_cameras()
@@ -76,7 +76,7 @@ def _heldout_grid(prompt: str | None, scene: Scene3D, background: Tensor, out_di
     return save_png(make_grid(torch.cat(rows), columns=len(cams)), out_dir / "heldout.png")
 
 
-def _evaluate(prompt: str | None, scene: Scene3D, background) -> tuple[Eval3DResult | None, Tensor | None]:
+def _evaluate(prompt: str | None, scene: Scene, background) -> tuple[Eval3DResult | None, Tensor | None]:
     """The held-out evaluation of a shapes caption, and its renders; (None, None) when ``prompt`` is None."""
     if prompt is None:
         return None, None
@@ -89,7 +89,7 @@ def final_loss(history: list[dict]) -> float:
     return sum(tail) / len(tail) if tail else math.nan
 
 
-def write_outputs(config: Text3DConfig, scene: Scene3D, history: list[dict], skipped: int, seconds: float,
+def write_outputs(config: Text3DConfig, scene: Scene, history: list[dict], skipped: int, seconds: float,
                   out_dir: Path, stop_reason: str | None = None) -> Text3DResult:
     """Write every output of a run that did ``len(history) + skipped`` steps; ``stop_reason`` says why it
     ended early (None: it ran all its iterations)."""

@@ -14,7 +14,8 @@ are oversized (largest axis above ``max_scale`` times the scene radius), nearly 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -22,10 +23,83 @@ from torch import Tensor
 from gendistill.errors import UserError, check_range
 from gendistill.render.cameras import Cameras
 from gendistill.render.gaussians import GaussianParams, RenderOutput
-from gendistill.text_to_3d.config import DefaultStrategyConfig, DensifyConfig, MCMCStrategyConfig, PruneConfig
 
 NEVER = 1 << 60
 """A step that never comes (gsplat's "disabled")."""
+
+
+@dataclass
+class DefaultStrategyConfig:
+    """gsplat's DefaultStrategy (3DGS adaptive density control: clone, split, prune)."""
+
+    KIND: ClassVar[str] = "default"
+
+    refine_start: int = 100
+    """First step that may grow or prune."""
+    refine_stop: int = 10_000
+    """No growth from this step on (the prune-only phase also ends it)."""
+    refine_every: int = 50
+    """Steps between refinements."""
+    grow_grad2d: float = 2e-2
+    """Mean screen-space gradient above which a Gaussian is cloned or split."""
+    grow_scale3d: float = 0.01
+    """Gaussians smaller than this (times the scene radius) are cloned, larger ones split."""
+    prune_opacity: float = 0.005
+    """Gaussians less opaque than this are pruned."""
+    prune_scale3d: float = 0.1
+    """Gaussians larger than this (times the scene radius) are pruned."""
+    reset_every: int = 0
+    """Steps between opacity resets (0: never)."""
+    max_gaussians: int = 10_000
+    """No refinement that could take the scene past this many Gaussians (a refinement at most doubles them)."""
+
+
+@dataclass
+class MCMCStrategyConfig:
+    """gsplat's MCMCStrategy (3DGS as Markov chain Monte Carlo); needs gsplat's CUDA kernels."""
+
+    KIND: ClassVar[str] = "mcmc"
+
+    cap_max: int = 20_000
+    """Largest number of Gaussians."""
+    noise_lr: float = 5e5
+    """Scale of the position noise (times the means' learning rate)."""
+    refine_start: int = 100
+    """First step that relocates and adds Gaussians."""
+    refine_stop: int = 10_000
+    """No relocation from this step on (the prune-only phase also ends it)."""
+    refine_every: int = 50
+    """Steps between relocations."""
+    min_opacity: float = 0.005
+    """Gaussians less opaque than this are relocated."""
+
+
+@dataclass
+class PruneConfig:
+    """The prune-only final phase (HumanGaussian): no more growth, remove oversized Gaussians and floaters."""
+
+    after: int | None = 450
+    """Step from which growth stops and only pruning runs; None: no prune-only phase."""
+    every: int = 50
+    """Steps between prunings in that phase (the last step always prunes)."""
+    max_scale: float = 0.15
+    """Prune Gaussians whose largest axis exceeds this fraction of the scene radius."""
+    min_opacity: float = 0.05
+    """Prune Gaussians less opaque than this."""
+    floater_factor: float = 6.0
+    """Prune Gaussians whose distance to their k-th nearest neighbour exceeds this times the median one."""
+    floater_neighbours: int = 4
+    """k of that test."""
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control: a gsplat strategy, then the prune-only phase."""
+
+    strategy: DefaultStrategyConfig | MCMCStrategyConfig | None = field(default_factory=DefaultStrategyConfig)
+    """``kind:`` default or mcmc (CUDA only); null: never grow."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """The prune-only phase."""
 
 
 @dataclass(frozen=True)
@@ -98,17 +172,29 @@ class Densifier:
     group, keyed by group name, as gsplat's strategies want) in step.
 
     Call ``before_backward`` after rendering and before ``loss.backward()``, and ``after_backward`` after
-    it and after the optimisers' step."""
+    it and after the optimisers' step, handing it the optimizers (the trainer owns them)."""
 
-    def __init__(self, config: DensifyConfig, params: GaussianParams, optimizers: dict[str, torch.optim.Optimizer],
-                 scene_radius: float = 1.0, total_steps: int | None = None):
+    def __init__(self, config: DensifyConfig, params: GaussianParams, scene_radius: float = 1.0,
+                 total_steps: int | None = None):
         check_range("densify.prune.every", config.prune.every, 1)
         check_range("densify.prune.floater_neighbours", config.prune.floater_neighbours, 1)
-        self.config, self.params, self.optimizers = config, params, optimizers
+        self.config, self.params = config, params
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scene_radius, self.total_steps = scene_radius, total_steps
         self.strategy, self.state = self._make_strategy(config.strategy)
-        if self.strategy is not None:
-            self.strategy.check_sanity(params.splats, optimizers)
+
+    def use_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """The optimizers (one per parameter group, keyed by group name) that grow and shrink with the params."""
+        if optimizers is not self.optimizers and self.strategy is not None:
+            self.strategy.check_sanity(self.params.splats, optimizers)
+        self.optimizers = optimizers
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The strategy's per-Gaussian running statistics (for checkpoints)."""
+        return {k: v for k, v in self.state.items() if isinstance(v, Tensor)}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.state.update(tensors)
 
     def _make_strategy(self, cfg: DefaultStrategyConfig | MCMCStrategyConfig | None):
         if cfg is None:
@@ -152,8 +238,10 @@ class Densifier:
             self.strategy.step_pre_backward(self.params.splats, self.optimizers, self.state, step,
                                             self._info(render, cameras))
 
-    def after_backward(self, step: int, render: RenderOutput, cameras: Cameras) -> DensifyEvent:
+    def after_backward(self, step: int, render: RenderOutput, cameras: Cameras,
+                       optimizers: dict[str, torch.optim.Optimizer]) -> DensifyEvent:
         """Grows and prunes (strategy phase) or prunes (prune-only phase); returns what changed."""
+        self.use_optimizers(optimizers)
         before = len(self.params)
         if self.strategy is not None and not self.pruning_only(step):
             self._strategy_step(step, render, cameras)

@@ -27,7 +27,7 @@ def render_turntable(render_views: RenderViews, frames: int = 36, elevation_deg:
                      background: tuple[float, float, float] = (1.0, 1.0, 1.0), distance: float = 4.0,
                      fov_deg: float = 35.0, chunk: int = 6) -> Tensor:
     """``frames`` views evenly spaced in azimuth from the front (+x), (frames, 3, size, size) in [0, 1],
-    rendered ``chunk`` cameras at a time by ``render_views`` (a scene's, see representations.py)."""
+    rendered ``chunk`` cameras at a time by ``render_views`` (a scene's, see gendistill.render.scene)."""
     cameras = orbit(frames, elevation_deg, distance, fov_deg, size, size)
     bg = torch.tensor(background)
     parts = [render_views(cameras[i:i + chunk], bg)[0].clamp(0, 1).cpu() for i in range(0, frames, chunk)]

@@ -131,7 +131,7 @@ def load_default_classifier():
 def evaluate_views(render_views, prompt: str, classifier=None,
                    background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Eval3DResult, Tensor]:
     """Render the held-out cameras with ``render_views(cameras, background) -> (rgb, alpha)`` (a scene's, see
-    representations.py) and score them; returns the result and the renders (V, 3, H, W) on the CPU."""
+    gendistill.render.scene) and score them; returns the result and the renders (V, 3, H, W) on the CPU."""
     caption_scene(prompt)  # fail before rendering
     cameras = heldout_cameras()
     rgb, alpha = render_views(stack_cameras(cameras), torch.tensor(background))
@@ -165,8 +165,7 @@ def evaluate_run_dir(run_dir: str | Path, classifier="auto") -> Eval3DResult:
     """``gendistill eval-3d DIR``: score the scene in DIR (scene.ply of Gaussians, or a NeRF's field.safetensors)
     for the prompt in DIR/config.yaml; writes DIR/eval3d.json."""
     from gendistill.config import load_config
-    from gendistill.text_to_3d.config import Text3DConfig
-    from gendistill.text_to_3d.representations import load_scene, scene_files
+    from gendistill.jobs.text_to_3d.config import Text3DConfig
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -174,11 +173,11 @@ def evaluate_run_dir(run_dir: str | Path, classifier="auto") -> Eval3DResult:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} has no config.yaml; give the --out folder of a text-to-3d run")
     config = load_config(Text3DConfig, run_dir / "config.yaml")
-    needed = scene_files(config.representation)[-1]
+    needed = config.scene.FILES[-1]
     if not (run_dir / needed).is_file():
         raise UserError(f"{run_dir} has no {needed}; give the --out folder of a text-to-3d run")
     caption_scene(config.prompt)  # fail before loading the scene
-    scene = load_scene(run_dir, config)
+    scene = config.scene.load(run_dir)
     classifier = load_default_classifier() if classifier == "auto" else classifier
     result, _ = evaluate_views(scene.render_views, config.prompt, classifier, config.background)
     (run_dir / "eval3d.json").write_text(json.dumps(result.as_dict(), indent=2))

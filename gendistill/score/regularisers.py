@@ -1,4 +1,4 @@
-"""Image-space helpers of the text-to-3D loss, shared by every representation: a blur for the guidance's
+"""Image-space priors of score distillation on renders, shared by every scene kind: a blur for the guidance's
 gradient on the renders and a total-variation prior on the surface colour."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from gendistill.render.rig import OrbitRig
 from gendistill.render.view_prompts import SuffixViewPrompter, ViewPrompter
 
 if TYPE_CHECKING:
-    from gendistill.text_to_3d.config import Text3DConfig
+    from gendistill.jobs.text_to_3d.config import Text3DConfig
 
 VIEW_PROMPTS = ("auto", "shapes", "suffix")
 """The values of ``cameras.view_prompts``."""
