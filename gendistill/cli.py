@@ -5,23 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gendistill.commands.parsing import OneLineParser
 from gendistill.errors import RunStopped, UserError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line ("gendistill generate: error: ...") and exit code 2."""
-
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the uninformative ones (None, False)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or action.required:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``gendistill`` command; the exit code (0 ok, 1 stopped, 2 user error, 130 interrupted)."""
+    from gendistill.compat import prepare_process
+
+    prepare_process()  # before the commands import torch and diffusers
     try:
         args = build_parser().parse_args(argv)
         return args.run(args) or 0

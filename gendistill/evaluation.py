@@ -10,14 +10,17 @@ from pathlib import Path
 
 import torch
 
+from gendistill.backends.student_card import StudentCard
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.domains.shapes import all_scenes, caption
-from gendistill.domains.shapes.classifier import ShapeClassifier, load_classifier
+from gendistill.domains.shapes.classifier import DEFAULT_DIR as DEFAULT_CLASSIFIER_DIR, ShapeClassifier, load_classifier
 from gendistill.domains.shapes.metrics import ImageQuality, ReferenceStats, cached_reference_stats, evaluate_images
 from gendistill.errors import UserError
 from gendistill.generation import GenerationRequest, generate
+from gendistill.shipped import resolve_model_name
 
-CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-classifier"
+CLASSIFIER_DIR = DEFAULT_CLASSIFIER_DIR
+"""The shipped shapes classifier (package data)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ShapesEvaluator:
 
     @staticmethod
     def load(classifier_dir: str | Path = CLASSIFIER_DIR, n_per_scene: int = 16) -> ShapesEvaluator:
+        classifier_dir = resolve_model_name(str(classifier_dir))  # a folder, or a short name: shapes-classifier
         classifier = load_classifier(classifier_dir)  # its folder also holds the cached reference statistics
         return ShapesEvaluator(classifier, cached_reference_stats(classifier, classifier_dir, n_per_scene))
 
@@ -72,12 +76,11 @@ def format_table(rows: list[tuple[str, ModelQuality]]) -> str:
 
 def default_guidance(model: TextToImageModel, folder: str | Path) -> float:
     """The guidance a model is meant to be sampled with: its ``gendistill.json`` says, else 0 for
-    consistency students (LCMScheduler) and 5 for everything else."""
-    import json
-
-    meta = Path(folder) / "gendistill.json"
-    if meta.is_file():
-        return float(json.loads(meta.read_text()).get("guidance", 5.0))
+    consistency students (LCMScheduler) and 5 for everything else. ``folder`` may be a shipped model's
+    short name."""
+    card = StudentCard.read(resolve_model_name(str(folder)))
+    if card is not None:
+        return card.guidance if card.guidance is not None else 5.0
     return 0.0 if model.default_sampler() == "consistency" else 5.0
 
 

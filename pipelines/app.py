@@ -6,7 +6,8 @@ Same as ``gendistill demo``; run ``python pipelines/app.py --help`` for the opti
 
 import sys
 
-from gendistill.cli import OneLineParser
+from gendistill.commands.parsing import OneLineParser
+from gendistill.compat import prepare_process
 from gendistill.errors import UserError
 
 
@@ -21,6 +22,7 @@ class _Commands:
 
 
 def main(argv: list[str]) -> int:
+    prepare_process()  # as the gendistill command does, before torch and diffusers are imported
     from gendistill.commands import demo_cmd
 
     commands = _Commands()

@@ -1,10 +1,12 @@
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+from gendistill.compat import prepare_process
 
-import gendistill  # noqa: F401  (first: makes torchvision importable under CPU torch)
+prepare_process()  # as the gendistill command does: before torch loads, and makes torchvision importable
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

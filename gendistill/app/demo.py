@@ -38,9 +38,9 @@ class DemoOptions:
     """How to start the demo (``gendistill demo``'s options)."""
 
     models: tuple[str, ...] = ()
-    """Extra diffusers pipeline folders, beside those found in ``assets_dir``."""
+    """Extra diffusers pipeline folders (or shipped models' short names), beside those found in ``assets_dir``."""
     teacher: str | None = None
-    """The teacher folder (default: the model without a distillation recipe, e.g. assets/shapes-teacher)."""
+    """The teacher folder (default: the model without a distillation recipe, e.g. shapes-teacher)."""
     assets_dir: Path | None = ASSETS_DIR
     """Folder scanned for pipeline folders (those with ``model_index.json``); None: scan nothing."""
     host: str = "127.0.0.1"
@@ -55,8 +55,7 @@ def build_demo(catalog: ModelCatalog, workspace: Workspace, runner: Runner = sta
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         if not catalog.names:
-            gr.Markdown("**No models found.** Train or download them into `assets/`, or start the demo with "
-                        "`--model DIR`.")
+            gr.Markdown("**No models found.** Start the demo with `--model DIR` (a diffusers pipeline folder).")
         with gr.Tabs():
             with gr.Tab("Few-step generation", id="generate", elem_id="tab-generate"):
                 build_generation_tab(catalog)

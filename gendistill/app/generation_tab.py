@@ -176,7 +176,7 @@ def build_generation_tab(catalog: ModelCatalog) -> None:
                                 elem_id="gen-prompt")
             negative = gr.Textbox(label="Negative prompt", placeholder="(optional)", max_length=200, lines=1)
             model = gr.Dropdown(choices=catalog.choices(), value=default, label="Model", elem_id="gen-model",
-                                info="models found in assets/ and given with --model")
+                                info="the shipped models and those given with --model")
             with gr.Row():
                 steps = gr.Slider(1, MAX_STEPS, value=(entry.default_steps if entry else None) or 4, step=1,
                                   precision=0, label="Steps")

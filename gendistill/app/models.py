@@ -9,7 +9,6 @@ says what is allowed (the tabs turn it into ``gr.Error``).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -20,10 +19,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gendistill.backends.student_card import StudentCard
 from gendistill.errors import UserError
+from gendistill.shipped import resolve_model_name, shipped_models_dir
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
-"""Where the shipped models live (``assets/shapes-teacher``, ``assets/shapes-<recipe>-<k>step``)."""
+ASSETS_DIR = shipped_models_dir()
+"""Where the shipped models live (``shapes-teacher``, ``shapes-<recipe>-<k>step``; package data)."""
 
 MAX_PROMPT_CHARS = 200
 
@@ -33,30 +34,31 @@ MAX_PROMPT_CHARS = 200
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A diffusers pipeline folder the demo may load, and its ``gendistill.json`` (empty if none)."""
+    """A diffusers pipeline folder the demo may load, and its ``gendistill.json`` card (None if it has none)."""
 
     name: str
     path: Path
-    meta: dict = field(default_factory=dict, compare=False)
+    card: StudentCard | None = field(default=None, compare=False)
+
+    @property
+    def recipe(self) -> str | None:
+        return self.card.recipe if self.card is not None else None
 
     @property
     def is_student(self) -> bool:
-        return "recipe" in self.meta
+        return self.recipe is not None
 
     @property
     def default_steps(self) -> int | None:
-        steps = self.meta.get("steps")
-        return int(steps) if isinstance(steps, (int, float)) else None
+        return self.card.steps if self.card is not None else None
 
     @property
     def max_steps(self) -> int | None:
-        steps = self.meta.get("max_steps")
-        return int(steps) if isinstance(steps, (int, float)) else None
+        return self.card.max_steps if self.card is not None else None
 
     @property
     def guidance(self) -> float | None:
-        value = self.meta.get("guidance")
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.card.guidance if self.card is not None else None
 
     @property
     def label(self) -> str:
@@ -64,16 +66,7 @@ class ModelEntry:
         if not self.is_student:
             return self.name
         steps = self.default_steps
-        return f"{self.name} ({self.meta['recipe']}" + (f", {steps} step{'s' * (steps != 1)})" if steps else ")")
-
-
-def read_meta(folder: Path) -> dict:
-    """The folder's ``gendistill.json`` as a dict; {} when absent or unreadable."""
-    try:
-        meta = json.loads((folder / "gendistill.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        return f"{self.name} ({self.recipe}" + (f", {steps} step{'s' * (steps != 1)})" if steps else ")")
 
 
 def is_pipeline_folder(folder: Path) -> bool:
@@ -82,7 +75,8 @@ def is_pipeline_folder(folder: Path) -> bool:
 
 def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str | None = None
                     ) -> tuple[list[ModelEntry], str | None]:
-    """The pipeline folders in ``assets_dir`` plus ``extra`` (each must be one), and the teacher's name.
+    """The pipeline folders in ``assets_dir`` plus ``extra`` (each must be one: a folder or a shipped model's
+    short name), and the teacher's name.
 
     The teacher is ``teacher`` if given (added to the list if needed), else the first model without a distillation
     recipe in its ``gendistill.json`` (one whose name says "teacher" first); None if every model is a student.
@@ -91,7 +85,7 @@ def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str
     if assets_dir is not None and Path(assets_dir).is_dir():
         folders += sorted(p for p in Path(assets_dir).iterdir() if is_pipeline_folder(p))
     for item in [*extra, *([teacher] if teacher else [])]:
-        path = Path(item).expanduser()
+        path = Path(resolve_model_name(item))
         if not is_pipeline_folder(path):
             raise UserError(f"--model {item}: not a diffusers pipeline folder (no model_index.json)")
         folders.append(path)
@@ -105,9 +99,9 @@ def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str
         while any(e.name == name for e in entries):
             name, n = f"{folder.name}-{n}", n + 1
         seen[resolved] = name
-        entries.append(ModelEntry(name, resolved, read_meta(folder)))
+        entries.append(ModelEntry(name, resolved, StudentCard.read(folder)))
     if teacher:
-        return entries, seen[Path(teacher).expanduser().resolve()]
+        return entries, seen[Path(resolve_model_name(teacher)).resolve()]
     candidates = sorted((e for e in entries if not e.is_student), key=lambda e: "teacher" not in e.name)
     return entries, candidates[0].name if candidates else None
 
@@ -135,7 +129,7 @@ class ModelCatalog:
     def default_choice(self) -> str | None:
         """The model the page starts with: a DMD2 student (the shipped one-step model) if there is one, else
         the first choice (the student with the fewest steps, or the teacher)."""
-        dmd = [name for _, name in self.choices() if str(self.entries[name].meta.get("recipe", "")).startswith("dmd")]
+        dmd = [name for _, name in self.choices() if (self.entries[name].recipe or "").startswith("dmd")]
         choices = dmd or [name for _, name in self.choices()]
         return choices[0] if choices else None
 

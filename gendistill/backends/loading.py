@@ -10,21 +10,29 @@ from pathlib import Path
 import torch
 
 from gendistill.errors import UserError
+from gendistill.shipped import is_shipped_reference, list_shipped_models, resolve_model_name
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model(model: str) -> str:
-    """Check that ``model`` names a diffusers pipeline folder or looks like a hub id; return it."""
-    path = Path(model).expanduser()
+    """The diffusers pipeline folder or hub id ``model`` names: a folder, a shipped model's short name
+    (``shapes-dmd2-1step``, or ``assets/shapes-dmd2-1step`` from any folder), or a hub id like owner/name."""
+    local = resolve_model_name(model)
+    path = Path(local).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise UserError(f"{model} is not a diffusers pipeline folder (no model_index.json); "
                             "give a folder saved with save_pretrained or a hub id like owner/name")
         return str(path)
-    if HUB_ID.match(model) and not model.startswith((".", "/")):
+    if HUB_ID.match(model) and not model.startswith((".", "/")) and not is_shipped_reference(model):
         return model
-    raise UserError(f"model {model!r} does not exist; give a diffusers pipeline folder or a hub id like owner/name")
+    raise UserError(f"model {model!r} does not exist; give a diffusers pipeline folder, a shipped model "
+                    f"({_shipped_names()}) or a hub id like owner/name")
+
+
+def _shipped_names() -> str:
+    return ", ".join(list_shipped_models()) or "none installed"
 
 
 def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

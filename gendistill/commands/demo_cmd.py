@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gendistill.cli import DefaultsFormatter
+from gendistill.commands.parsing import DefaultsFormatter
 from gendistill.devices import pick_device
 from gendistill.errors import UserError
 
@@ -11,17 +11,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="start the Gradio demo (few-step generation and text-to-3D)",
                        description="Start the Gradio demo: the chosen few-step model beside the teacher (NFE and "
                                    "seconds per image), and text-to-3D by score distillation with live renders. "
-                                   "Models are the pipeline folders in assets/ plus every --model.",
+                                   "Models are the shipped ones (gendistill/assets) plus every --model.",
                        formatter_class=DefaultsFormatter)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 0.0.0.0 exposes the demo to your network")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--model", action="append", default=None, metavar="DIR",
-                   help="a diffusers pipeline folder to offer (repeatable), beside those in assets/")
+                   help="a diffusers pipeline folder or shipped model to offer (repeatable), beside the shipped ones")
     p.add_argument("--teacher", default=None, metavar="DIR",
                    help="the teacher folder (default: the model without a distillation recipe in its "
-                        "gendistill.json, e.g. assets/shapes-teacher)")
-    p.add_argument("--no-assets", action="store_true", help="do not scan assets/ for models")
+                        "gendistill.json, e.g. shapes-teacher)")
+    p.add_argument("--no-assets", action="store_true", help="do not offer the shipped models")
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(run=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from gendistill.cli import DefaultsFormatter
+from gendistill.commands.parsing import DefaultsFormatter
 
 
 def add_parser(sub) -> None:
@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
                                    "with metrics.json, grid.png, curves.png and the resolved config.yaml. With no "
                                    "CONFIG: DMD2 on the shipped shapes teacher.",
                        formatter_class=DefaultsFormatter)
-    p.add_argument("config", nargs="?", default=None, help="YAML config (see configs/); none: the default")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config, or a shipped preset by name (e.g. shapes-lcm; see configs/distill/); "
+                        "none: the default")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set trainer.steps=100 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/latest")
@@ -26,8 +28,10 @@ def run(args) -> int:
     from gendistill.config import load_config
     from gendistill.distill.config import DistillConfig
     from gendistill.distill.run import run_distill
+    from gendistill.shipped import resolve_preset
 
-    config = load_config(DistillConfig, args.config, args.overrides)  # fails on bad keys before any work
+    preset = resolve_preset(args.config, "distill") if args.config else None
+    config = load_config(DistillConfig, preset, args.overrides)  # fails on bad keys before any work
     command = "gendistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     result = run_distill(config, args.out, resume=args.resume, command=command)
     print(f"student: {result.pipeline} (trained in {result.train_seconds:.0f} s)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gendistill.cli import DefaultsFormatter
+from gendistill.commands.parsing import DefaultsFormatter
 
 
 def add_parser(sub) -> None:

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from gendistill.cli import DefaultsFormatter
+from gendistill.commands.parsing import DefaultsFormatter
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
                                    "shipped classifier, and report prompt accuracy, FID (classifier features vs "
                                    "held-out renders), diversity, NFE and speed.",
                        formatter_class=DefaultsFormatter)
-    p.add_argument("--model", required=True, help="diffusers pipeline folder (e.g. assets/shapes-teacher)")
+    p.add_argument("--model", required=True, help="diffusers pipeline folder or shipped model (e.g. shapes-teacher)")
     p.add_argument("--steps", type=int, nargs="+", default=[25], help="one or more step counts")
     p.add_argument("--sampler", default="auto", help="sampler (auto: follow the pipeline's scheduler)")
     p.add_argument("--guidance", type=float, default=None,

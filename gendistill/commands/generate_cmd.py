@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gendistill.cli import DefaultsFormatter
+from gendistill.commands.parsing import DefaultsFormatter
 from gendistill.devices import pick_device
 from gendistill.diffusion.samplers import SAMPLERS
 
@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
                        description="Sample images from a diffusers text-to-image pipeline folder (or hub id) with "
                                    "gendistill's samplers; writes a grid PNG and prints NFE and seconds per image.",
                        formatter_class=DefaultsFormatter)
-    p.add_argument("--model", required=True, help="diffusers pipeline folder or hub id (owner/name)")
+    p.add_argument("--model", required=True,
+                   help="diffusers pipeline folder, shipped model (e.g. shapes-dmd2-1step) or hub id (owner/name)")
     p.add_argument("--prompt", required=True, help="text prompt")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (replaces the empty prompt in guidance)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (>= 1), on --model's schedule")

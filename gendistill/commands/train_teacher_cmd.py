@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gendistill.cli import DefaultsFormatter
+from gendistill.commands.parsing import DefaultsFormatter
 
 
 def add_parser(sub) -> None:
@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
                                    "text encoder and UNet with caption dropout. Writes OUT/pipeline (a stock "
                                    "diffusers folder with a model card) and resumable OUT/checkpoints.",
                        formatter_class=DefaultsFormatter)
-    p.add_argument("--config", default="configs/shapes-teacher.yaml", help="YAML config")
+    p.add_argument("--config", default="shapes-teacher",
+                   help="YAML config, or a shipped preset by name (shapes-teacher, shapes-teacher-tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
@@ -24,8 +25,9 @@ def run(args) -> int:
     from gendistill.config import load_config
     from gendistill.domains.shapes.teacher import TeacherConfig
     from gendistill.domains.shapes.teacher_training import export_from_checkpoint, train_teacher
+    from gendistill.shipped import resolve_preset
 
-    config = load_config(TeacherConfig, args.config, args.overrides)
+    config = load_config(TeacherConfig, resolve_preset(args.config, ""), args.overrides)
     if args.export_only:
         pipeline = export_from_checkpoint(config, args.out)
     else:

@@ -54,8 +54,8 @@ class EvalConfig:
 class DistillConfig:
     """A step-distillation run: the teacher, the recipe, the loop, the data and the evaluation."""
 
-    teacher: str = "assets/shapes-teacher"
-    """Diffusers folder or hub id of the teacher."""
+    teacher: str = "shapes-teacher"
+    """Diffusers folder, shipped model (shapes-teacher) or hub id of the teacher."""
     recipe: DMD2Config | LCMConfig | ProgressiveConfig = field(
         default_factory=lambda: DMD2Config(guidance_scale=2.0, fake_updates=5, student_steps=1))
     """The recipe; ``kind:`` picks dmd2, lcm or progressive."""

@@ -1,6 +1,6 @@
 """A model card (README.md) for an exported student: how to load and sample it, how it was made, its numbers.
 
-Written beside the diffusers files so a student copied into assets/ or pushed to a hub carries its own
+Written beside the diffusers files so a student copied elsewhere or pushed to a hub carries its own
 provenance; ``training_config.yaml`` next to it is the resolved config the run used.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from gendistill.backends.student_card import StudentCard
 from gendistill.distill.report import DistillReport
 
 RECIPE_NAMES = {"dmd2": "DMD2 (distribution matching with a trainable fake score)",
@@ -19,49 +20,50 @@ RECIPE_NAMES = {"dmd2": "DMD2 (distribution matching with a trainable fake score
                 "progressive": "progressive distillation (Salimans & Ho)"}
 
 
-def write_model_card(pipeline: Path, config, meta: dict, report: DistillReport | None,
+def write_model_card(pipeline: Path, config, card: StudentCard, report: DistillReport | None,
                      command: str | None) -> Path:
     """Write ``pipeline/README.md`` and copy the run's resolved config to ``pipeline/training_config.yaml``."""
     run_config = pipeline.parent / "config.yaml"
     if run_config.is_file():
         shutil.copyfile(run_config, pipeline / "training_config.yaml")
-    card = "\n\n".join([_front_matter(meta), _usage(pipeline, meta), _training(config, meta, command),
+    text = "\n\n".join([_front_matter(card), _usage(pipeline, card), _training(config, card, command),
                         _evaluation(report)]) + "\n"
     path = pipeline / "README.md"
-    path.write_text(card)
+    path.write_text(text)
     return path
 
 
-def _front_matter(meta: dict) -> str:
-    tags = ", ".join(["gendistill", meta["recipe"], f"{meta['steps']}-step", "distillation"])
+def _front_matter(card: StudentCard) -> str:
+    tags = ", ".join(["gendistill", str(card.recipe), f"{card.steps}-step", "distillation"])
     return (f"---\nlibrary_name: diffusers\npipeline_tag: text-to-image\ntags: [{tags}]\n"
-            f"base_model: {meta['teacher']}\n---")
+            f"base_model: {card.teacher}\n---")
 
 
-def _usage(pipeline: Path, meta: dict) -> str:
-    name = RECIPE_NAMES.get(meta["recipe"], meta["recipe"])
-    guidance = meta["guidance"]
+def _usage(pipeline: Path, card: StudentCard) -> str:
+    name = RECIPE_NAMES.get(card.recipe, card.recipe)
+    guidance = card.guidance or 0.0
     note = ("guidance is distilled in as a w-embedding; `guidance_scale` picks the embedded scale at no extra "
-            "network call" if meta["recipe"] == "lcm" and guidance > 0 else
+            "network call" if card.recipe == "lcm" and guidance > 0 else
             "guidance is distilled in: sample with `guidance_scale=0`")
-    return (f"# gendistill {meta['recipe']} student, {meta['steps']} steps\n\n"
-            f"A {meta['steps']}-step student of `{meta['teacher']}`, made by {name}. Stock diffusers samples it "
+    return (f"# gendistill {card.recipe} student, {card.steps} steps\n\n"
+            f"A {card.steps}-step student of `{card.teacher}`, made by {name}. Stock diffusers samples it "
             f"({note}):\n\n```python\nfrom diffusers import DiffusionPipeline\n"
             f"pipe = DiffusionPipeline.from_pretrained(\"{pipeline}\", safety_checker=None)\n"
-            f"image = pipe(\"a red cube, front view\", num_inference_steps={meta['steps']}, "
+            f"image = pipe(\"a red cube, front view\", num_inference_steps={card.steps}, "
             f"guidance_scale={guidance:g}).images[0]\n```\n\n"
-            f"It takes up to {meta['max_steps']} steps; `gendistill generate --model {pipeline}` gives the same "
+            f"It takes up to {card.max_steps} steps; `gendistill generate --model {pipeline}` gives the same "
             f"images for the same seed.")
 
 
-def _training(config, meta: dict, command: str | None) -> str:
+def _training(config, card: StudentCard, command: str | None) -> str:
     trainer = config.trainer
     lines = ["## Training", ""]
     if command:
         lines.append(f"- command: `{command}`")
-    lines += [f"- recipe `{meta['recipe']}`, seed {trainer.seed}, {trainer.steps} trainer steps, batch "
+    lines += [f"- recipe `{card.recipe}`, seed {trainer.seed}, {trainer.steps} trainer steps, batch "
               f"{config.data.batch_size}, EMA {trainer.ema_decay} (exported)",
-              f"- wall-clock: {meta['train_seconds']:.0f} s of training on {_hardware(meta)}, torch {torch.__version__}",
+              f"- wall-clock: {card.train_seconds or 0:.0f} s of training on {_hardware(card)}, "
+              f"torch {torch.__version__}",
               "- resolved config: `training_config.yaml` in this folder"]
     return "\n".join(lines)
 
@@ -73,7 +75,7 @@ def _evaluation(report: DistillReport | None) -> str:
             "diversity in its feature space)\n\n" + report.markdown())
 
 
-def _hardware(meta: dict) -> str:
-    if meta.get("device", "cpu") != "cpu":
-        return meta["device"]
-    return f"{meta.get('threads', '?')} CPU thread(s) ({platform.machine()})"
+def _hardware(card: StudentCard) -> str:
+    if (card.device or "cpu") != "cpu":
+        return card.device
+    return f"{card.threads or '?'} CPU thread(s) ({platform.machine()})"

@@ -8,7 +8,6 @@ teacher-vs-student table, ``grid.png`` (teacher and student on the same seeds an
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from gendistill.backends.loading import load_pipeline, quiet_pipeline_notices
+from gendistill.backends.student_card import StudentCard
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
 from gendistill.devices import pick_device
@@ -78,13 +78,13 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
     result = trainer.fit(resume=resume)
     weights = trainer.ema.shadow if trainer.ema is not None else None
     pipeline = export_student(teacher.pipe, bound.export_unet(weights), bound.sampling, out_dir / "pipeline")
-    meta = _write_model_meta(pipeline, config, bound, result.seconds)
+    card = _write_student_card(pipeline, config, bound, result.seconds)
     plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
     report = None
     if config.data.source == "shapes":
         student = TextToImageModel(load_pipeline(str(pipeline), device=pick_device(config.device)))
         report = final_report(config, teacher, student, bound, out_dir, result.seconds)
-    write_model_card(pipeline, config, meta, report, command)
+    write_model_card(pipeline, config, card, report, command)
     return DistillResult(out_dir, pipeline, result.seconds, report)
 
 
@@ -111,11 +111,11 @@ def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecip
     return evaluate
 
 
-def _write_model_meta(pipeline: Path, config: DistillConfig, bound: BoundRecipe, seconds: float) -> dict:
+def _write_student_card(pipeline: Path, config: DistillConfig, bound: BoundRecipe, seconds: float) -> StudentCard:
     """``gendistill.json`` beside the diffusers files: how to sample this student (read by eval/demo)."""
-    meta = {"recipe": config.recipe.KIND, "steps": bound.default_steps, "max_steps": bound.max_steps,
-            "guidance": bound.guidance, "teacher": config.teacher, "train_seconds": round(seconds, 1),
-            "device": str(pick_device(config.device)), "threads": torch.get_num_threads(),
-            "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (pipeline / "gendistill.json").write_text(json.dumps(meta, indent=2))
-    return meta
+    card = StudentCard(recipe=config.recipe.KIND, steps=bound.default_steps, max_steps=bound.max_steps,
+                       guidance=float(bound.guidance), teacher=config.teacher, train_seconds=round(seconds, 1),
+                       device=str(pick_device(config.device)), threads=torch.get_num_threads(),
+                       written=time.strftime("%Y-%m-%d %H:%M:%S"))
+    card.write(pipeline)
+    return card

@@ -19,6 +19,7 @@ from PIL import Image  # noqa: E402
 from gendistill.app.models import (ModelCatalog, ModelEntry, Workspace, check_number, check_prompt,  # noqa: E402
                                    discover_models)
 from gendistill.app.text_to_3d_jobs import VIEWER_COPY, nerf_available  # noqa: E402
+from gendistill.backends.student_card import StudentCard  # noqa: E402
 from gendistill.render.ply import load_ply  # noqa: E402
 from gendistill.errors import UserError  # noqa: E402
 
@@ -198,8 +199,8 @@ def test_discovery_finds_folders_and_picks_the_teacher(demo_models, tmp_path):
 
 
 def test_the_page_starts_on_the_dmd2_student(tmp_path):
-    def entry(name, **meta):
-        return ModelEntry(name, tmp_path / name, meta)
+    def entry(name, **card):
+        return ModelEntry(name, tmp_path / name, StudentCard(**card))
 
     catalog = ModelCatalog([entry("shapes-teacher", guidance=2.0), entry("shapes-lcm-4step", recipe="lcm", steps=4),
                             entry("shapes-progressive-1step", recipe="progressive", steps=1),

@@ -10,8 +10,9 @@ HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision not installed (an optional extra pulls it in)")
-def test_torchvision_imports_after_gendistill():
-    code = "import gendistill, torchvision, diffusers.pipelines; print(torchvision.__version__)"
+def test_torchvision_imports_after_prepare_process():
+    code = ("from gendistill.compat import prepare_process; prepare_process(); "
+            "import torchvision, diffusers.pipelines; print(torchvision.__version__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-500:]
 
@@ -19,4 +20,4 @@ def test_torchvision_imports_after_gendistill():
 def test_define_is_idempotent_and_safe():
     from gendistill.compat.torchvision_ops import define_missing_torchvision_ops
 
-    assert define_missing_torchvision_ops() is False  # already applied by importing gendistill, or not needed
+    assert define_missing_torchvision_ops() is False  # already applied by conftest's prepare_process, or not needed

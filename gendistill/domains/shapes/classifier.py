@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gendistill.errors import UserError
+from gendistill.shipped import resolve_model_name, shipped_models_dir
 
 from .scene import COLOURS, SHAPES, colour_index, shape_index
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_NAME = "gendistill-shapes-classifier"
-DEFAULT_DIR = Path(__file__).resolve().parents[3] / "assets" / "shapes-classifier"
-"""Where the shipped classifier lives in a source checkout."""
+DEFAULT_DIR = shipped_models_dir() / "shapes-classifier"
+"""Where the shipped classifier lives (package data: found in a checkout and in an installed wheel)."""
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,11 @@ def save_classifier(model: ShapeClassifier, directory: str | Path) -> Path:
 
 
 def load_classifier(directory: str | Path = DEFAULT_DIR, device: str | torch.device = "cpu") -> ShapeClassifier:
-    """Load a classifier folder written by :func:`save_classifier`, in eval mode."""
+    """Load a classifier folder written by :func:`save_classifier` (or the shipped one by its short name,
+    ``shapes-classifier``), in eval mode."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = Path(resolve_model_name(str(directory)))
     weights, config_path = directory / WEIGHTS_NAME, directory / CONFIG_NAME
     if not weights.is_file() or not config_path.is_file():
         raise UserError(f"no shapes classifier in {directory}: expected {WEIGHTS_NAME} and {CONFIG_NAME}; "

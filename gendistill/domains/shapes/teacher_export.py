@@ -23,6 +23,7 @@ from gendistill.domains.shapes.teacher import (
 )
 from gendistill.domains.shapes.teacher_checkpoint import TrainState, find_latest, load_checkpoint
 from gendistill.errors import UserError
+from gendistill.shipped import resolve_model_name
 from gendistill.domains.shapes.tokenizer import save_vocab_files
 
 
@@ -106,8 +107,9 @@ def evaluate_pipeline(pipe, cfg: EvalConfig, log=print) -> EvalReport:
     from gendistill.domains.shapes.metrics import cached_reference_stats, evaluate_images
     from gendistill.domains.shapes.scene import all_scenes
 
-    classifier = load_classifier(cfg.classifier_dir)
-    reference = cached_reference_stats(classifier, cfg.classifier_dir)
+    classifier_dir = resolve_model_name(cfg.classifier_dir)
+    classifier = load_classifier(classifier_dir)
+    reference = cached_reference_stats(classifier, classifier_dir)
     scenes = [s for s in all_scenes() for _ in range(cfg.images_per_scene)]
     prompts = [caption(s) for s in scenes]
     report = EvalReport(cfg.guidance_scale)
@@ -230,7 +232,7 @@ def export_and_report(components: TeacherComponents, state, config: TeacherConfi
     directory = export_pipeline(components, state.ema, Path(dest or Path(out_dir) / "pipeline"))
     report = None
     if config.eval.enabled:
-        if (Path(config.eval.classifier_dir) / "model.safetensors").is_file():
+        if (Path(resolve_model_name(config.eval.classifier_dir)) / "model.safetensors").is_file():
             report = evaluate_pipeline(load_pipeline(directory), config.eval, log)
         else:
             log(f"no classifier in {config.eval.classifier_dir}; skipping evaluation")
@@ -255,9 +257,9 @@ def command_line() -> str:
 
 def write_sampling_defaults(directory: str | Path, guidance_scale: float) -> None:
     """``gendistill.json``: the guidance the teacher is meant to be sampled with (read by gendistill.evaluation)."""
-    import json
+    from gendistill.backends.student_card import StudentCard
 
-    (Path(directory) / "gendistill.json").write_text(json.dumps({"guidance": guidance_scale}, indent=2) + "\n")
+    StudentCard(guidance=guidance_scale).write(directory)
 
 
 def export_from_checkpoint(config: TeacherConfig, out_dir: str | Path, dest: Path | None = None) -> Path:
