@@ -61,8 +61,12 @@ class TrainerConfig:
     as gsplat's densification or peft's LoRA init, then resume exactly); the process's own stream is restored
     after the run."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
-    """With several processes: replicate and average gradients (ddp) or shard parameters, gradients and
-    optimizer state (fsdp, through accelerate's FSDP2)."""
+    """With several processes (``accelerate launch --num_processes N``): replicate every module and average
+    gradients (ddp), or shard the parameters, gradients, optimizer state and EMA of every module a phase
+    trains across the processes (fsdp: torch's FSDP2 ``fully_shard``, one unit per ``nn.ModuleList`` block,
+    gloo on CPU or NCCL). fsdp writes sharded torch.distributed.checkpoint folders (one shared filesystem) that
+    resume exactly; sharded modules must be called through their forward, eval_fn then runs on every process,
+    and it does not combine with fp16 or hooks that replace parameters (densification). One process: as ddp."""
 
     def check(self, path: str) -> None:
         """UserErrors naming the key (e.g. "trainer.steps must be >= 1, got -3"); run at config load."""
