@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,29 +29,42 @@ STUDENTS = ("mlp", "tensorf-vm", "tensorf-cp", "gaussians")
 
 class Watch:
     """Wall-clock of a run that stops counting while the benchmark evaluates it, and records when the
-    held-out PSNR first reached the target."""
+    held-out PSNR first reached the target. An ``on_step`` hook of the trainer that ends the run (raises
+    EnoughTraining) once the target or the cap is hit."""
 
     def __init__(self, evaluate, target: float, every: int, cap_s: float | None = None) -> None:
         self.evaluate, self.target, self.every, self.cap_s = evaluate, target, every, cap_s
+        self.model = None
         self.start, self.paused = time.perf_counter(), 0.0
         self.reached_s, self.best, self.curve = None, float("-inf"), []
+
+    def watching(self, model) -> Watch:
+        """Evaluate ``model`` (the clock started when the watch was made, before the model was built)."""
+        self.model = model
+        return self
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.paused
 
-    def __call__(self, step: int, model) -> bool:
-        """on_step callback: evaluate every ``every`` steps; True (stop) once the target or the cap is hit."""
-        if step % self.every:
-            return self.cap_s is not None and self.elapsed() > self.cap_s
+    def __call__(self, step: int, row: dict, losses: dict) -> None:
+        """on_step hook: evaluate every ``every`` steps; EnoughTraining once the target or the cap is hit."""
+        from gendistill.jobs.convert import EnoughTraining
+
+        done = step + 1
+        if done % self.every:
+            if self.cap_s is not None and self.elapsed() > self.cap_s:
+                raise EnoughTraining
+            return
         seconds = self.elapsed()
         t0 = time.perf_counter()
-        value = self.evaluate(model)
+        value = self.evaluate(self.model)
         self.paused += time.perf_counter() - t0
         self.best = max(self.best, value)
-        self.curve.append((step, round(seconds, 2), round(value, 3)))
+        self.curve.append((done, round(seconds, 2), round(value, 3)))
         if value >= self.target and self.reached_s is None:
             self.reached_s = seconds
-        return self.reached_s is not None or (self.cap_s is not None and seconds > self.cap_s)
+        if self.reached_s is not None or (self.cap_s is not None and seconds > self.cap_s):
+            raise EnoughTraining
 
     def summary(self) -> dict:
         best = self.best if self.curve else None
@@ -58,9 +72,19 @@ class Watch:
                 "curve": self.curve}
 
 
+def run_on_trainer(recipe, steps: int, phase: str, on_step=None, progress: bool = False):
+    """Run ``recipe`` on the one trainer (checkpoints in a temporary folder, written only when it ends)."""
+    from gendistill.convert.fit import field_optimizer
+    from gendistill.jobs.convert import RecipeRun, TrainerSection, train_recipe
+
+    with tempfile.TemporaryDirectory() as out:
+        return train_recipe(RecipeRun(recipe, steps, phase, field_optimizer()), TrainerSection(checkpoint_every=0), 1,
+                            out, progress=progress, on_step=on_step)
+
+
 def main(argv=None) -> int:
     from gendistill.convert.data import shapes_views
-    from gendistill.convert.fit import field_psnr, psnr
+    from gendistill.convert.measure import field_psnr, psnr
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caption", default="a red cube")
@@ -92,7 +116,7 @@ def main(argv=None) -> int:
         return field_psnr(model, test, samples)
 
     def splat_eval(model):
-        from gendistill.convert.to_gaussians import render_splats
+        from gendistill.convert.measure import render_splats
 
         return psnr(render_splats(model, test.cameras, test.background), test.images)
 
@@ -119,43 +143,46 @@ def main(argv=None) -> int:
 
 def _teacher(train, args, samples):
     """The hashgrid teacher (fitted, or loaded from --teacher-checkpoint) and its fit time (None if loaded)."""
-    from gendistill.convert.fit import FitConfig, fit_field
+    from gendistill.convert.fit import FIELD_PHASE, FitConfig, NerfFitRecipe
     from gendistill.render.nerf import FieldConfig, build_field, load_field, save_field
 
     if args.teacher_checkpoint and Path(args.teacher_checkpoint).is_file():
         return load_field(args.teacher_checkpoint), None
     teacher = build_field(FieldConfig(architecture="hashgrid"), seed=0)
     t0 = time.perf_counter()
-    fit_field(teacher, train, FitConfig(steps=args.teacher_steps, num_samples=samples), torch.Generator().manual_seed(0),
-              progress=True)
+    config = FitConfig(steps=args.teacher_steps, num_samples=samples)
+    run_on_trainer(NerfFitRecipe(teacher, train, config), config.steps, FIELD_PHASE, progress=True)
     seconds = time.perf_counter() - t0
     if args.teacher_checkpoint:
         save_field(teacher, args.teacher_checkpoint)
     return teacher, seconds
 
 
-def _convert(student, teacher, train, args, watch: Watch) -> dict:
+def _convert(student, teacher, train_views, args, watch: Watch) -> dict:
     from gendistill.config import load_config
-    from gendistill.convert.pvd import PVDConfig, distil_field
-    from gendistill.convert.to_gaussians import SplatConfig, fit_splats, place_splats, teacher_views
+    from gendistill.convert.measure import teacher_views
+    from gendistill.convert.pvd import STUDENT_PHASE, PVDConfig, PVDRecipe
+    from gendistill.convert.to_gaussians import SPLATS_PHASE, SplatConfig, SplatFitRecipe, place_splats
     from gendistill.render.nerf import FieldConfig, build_field
 
     generator = torch.Generator().manual_seed(1)
     if student == "gaussians":
         config = SplatConfig(steps=args.convert_steps)
-        splats = place_splats(teacher, train.cameras, config, generator)
-        targets = teacher_views(teacher, train.cameras, train.background, config.num_samples)
-        fit_splats(splats, targets, config, generator, progress=False, on_step=watch)
+        splats = place_splats(teacher, train_views.cameras, config, generator)
+        targets = teacher_views(teacher, train_views.cameras, train_views.background, config.num_samples)
+        run_on_trainer(SplatFitRecipe(splats, targets, config), config.steps, SPLATS_PHASE,
+                       on_step=watch.watching(splats))
     else:
         model = build_field(FieldConfig(architecture=student, bound=teacher.config.bound), seed=1)
         config = load_config(PVDConfig, None, [f"steps={args.convert_steps}", *args.pvd_set])
-        distil_field(teacher, model, train.cameras, train.background, config, generator, progress=False, on_step=watch)
+        recipe = PVDRecipe(teacher, model, train_views.cameras, train_views.background, config, generator)
+        run_on_trainer(recipe, config.steps, STUDENT_PHASE, on_step=watch.watching(model))
     return watch.summary()
 
 
-def _scratch(student, train, args, watch: Watch) -> dict:
-    from gendistill.convert.fit import FitConfig, fit_field
-    from gendistill.convert.to_gaussians import SplatConfig, fit_splats
+def _scratch(student, train_views, args, watch: Watch) -> dict:
+    from gendistill.convert.fit import FIELD_PHASE, FitConfig, NerfFitRecipe
+    from gendistill.convert.to_gaussians import SPLATS_PHASE, SplatConfig, SplatFitRecipe
     from gendistill.render.gaussians import init_from_sphere
     from gendistill.render.nerf import FieldConfig, build_field
 
@@ -163,10 +190,12 @@ def _scratch(student, train, args, watch: Watch) -> dict:
     steps = 100_000  # the cap in seconds ends the run
     if student == "gaussians":
         splats = init_from_sphere(SplatConfig().num_gaussians, 1.0, generator, sh_degree=0, opacity=0.5)
-        fit_splats(splats, train, SplatConfig(steps=steps), generator, progress=False, on_step=watch)
+        run_on_trainer(SplatFitRecipe(splats, train_views, SplatConfig(steps=steps)), steps, SPLATS_PHASE,
+                       on_step=watch.watching(splats))
     else:
         model = build_field(FieldConfig(architecture=student), seed=1)
-        fit_field(model, train, FitConfig(steps=steps, lr_final_ratio=1.0), generator, progress=False, on_step=watch)
+        recipe = NerfFitRecipe(model, train_views, FitConfig(steps=steps, lr_final_ratio=1.0))
+        run_on_trainer(recipe, steps, FIELD_PHASE, on_step=watch.watching(model))
     return watch.summary()
 
 

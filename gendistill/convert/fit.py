@@ -1,24 +1,28 @@
-"""Fit a radiance field to multi-view images (photometric loss on random rays), and measure it.
+"""Fit a radiance field to multi-view images: a recipe for the one trainer (``gendistill fit-nerf``).
 
-The training loop is deliberately plain: each step draws ``rays_per_step`` random pixels of the training
-views, renders them with jittered samples over the data's background and takes an Adam step on the squared
-error. ``on_step(step, field)`` lets a caller watch (or stop, by returning True) the run.
+Each step draws ``rays_per_step`` random pixels of the training views, renders them with jittered samples
+over the data's background, and the loss is their squared error. Learning rates are the field's suggested
+ones per parameter group (encoder grids, heads) times ``lr_scale``, decaying exponentially to
+``lr_final_ratio`` of that by the last step; the optimizer is Adam with eps 1e-15 (:func:`field_optimizer`).
+Every random draw comes from the trainer's per-step generator, so an interrupted fit resumes exactly.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
 from gendistill.convert.data import MultiViewData
+from gendistill.convert.measure import psnr_from_mse
 from gendistill.errors import check_range
-from gendistill.render.nerf import RadianceField, camera_rays, render_cameras, render_rays
+from gendistill.recipe import Loss, ParamGroup, Phase, Update
+from gendistill.render.nerf import RadianceField, camera_rays, render_rays
+from gendistill.train.config import OptimizerConfig
+
+FIELD_PHASE = "field"
+"""The phase name of a field fit (the key of its optimizer settings)."""
 
 
 @dataclass
@@ -26,7 +30,7 @@ class FitConfig:
     """How to fit a field to images."""
 
     steps: int = 1500
-    """Adam steps."""
+    """Optimizer steps."""
     rays_per_step: int = 1024
     """Random training pixels per step."""
     num_samples: int = 48
@@ -44,79 +48,58 @@ class FitConfig:
         check_range("lr_final_ratio", self.lr_final_ratio, 1e-6, 1.0)
 
 
+def field_optimizer() -> OptimizerConfig:
+    """Adam with eps 1e-15 (nerfstudio's and gsplat's choice for grids and splats); rates come from the groups."""
+    return OptimizerConfig(kind="adam", eps=1e-15)
+
+
+def field_groups(field: RadianceField, lr_scale: float, lr_final: float) -> tuple[ParamGroup, ...]:
+    """The field's parameter groups at ``lr_scale`` times their suggested rates, decaying to ``lr_final``."""
+    return tuple(ParamGroup(g["name"], list(g["params"]), g["lr"] * lr_scale, lr_final)
+                 for g in field.parameter_groups())
+
+
 @dataclass(frozen=True)
-class FitResult:
-    """What a fit did."""
+class RayBatch:
+    """Random training rays of one step."""
 
-    steps: int
-    """Steps run (fewer than configured when on_step stopped the run)."""
-    seconds: float
-    """Wall-clock of the loop."""
-    final_loss: float
-    """Mean squared error of the last step's rays."""
-
-
-def psnr(a: Tensor, b: Tensor) -> float:
-    """Peak signal-to-noise ratio of images in [0, 1], in dB."""
-    return psnr_from_mse((a.detach().float() - b.detach().float()).square().mean().item())
+    origins: Tensor
+    """(R, 3) ray origins."""
+    directions: Tensor
+    """(R, 3) ray directions."""
+    target: Tensor
+    """(R, 3) the pixels' colours."""
 
 
-def psnr_from_mse(mse: float) -> float:
-    """PSNR in dB of a mean squared error of values in [0, 1]."""
-    return -10.0 * math.log10(max(mse, 1e-12))
+class NerfFitRecipe:
+    """Photometric fit of ``field`` to ``data``'s pixels (one phase, ``field``; see the module docstring)."""
 
+    def __init__(self, field: RadianceField, data: MultiViewData, config: FitConfig) -> None:
+        self.field, self.data, self.config = field, data, config
+        self.origins, self.directions = (r.reshape(-1, 3) for r in camera_rays(data.cameras))
+        self.target = data.images.permute(0, 2, 3, 1).reshape(-1, 3)
 
-def render_views(field: RadianceField, data: MultiViewData, num_samples: int = 48) -> Tensor:
-    """The field's deterministic renders (C, 3, H, W) of ``data``'s cameras over its background."""
-    with torch.no_grad():
-        return render_cameras(field, data.cameras, num_samples, background=data.background)[0]
+    def phases(self) -> list[Phase]:
+        groups = field_groups(self.field, self.config.lr_scale, self.config.lr_final_ratio)
+        return [Phase(FIELD_PHASE, groups=groups)]
 
+    def modules(self) -> dict[str, nn.Module]:
+        return {"field": self.field}
 
-def field_psnr(field: RadianceField, data: MultiViewData, num_samples: int = 48) -> float:
-    """PSNR of the field's renders against ``data``'s images."""
-    return psnr(render_views(field, data, num_samples), data.images)
+    def ema_module(self) -> str | None:
+        return None
 
+    def batch(self, step: int, generator: torch.Generator) -> RayBatch:
+        """``rays_per_step`` random training pixels (the trainer's ``batch_fn``)."""
+        rays = torch.randint(0, self.origins.shape[0], (self.config.rays_per_step,), generator=generator)
+        return RayBatch(self.origins[rays], self.directions[rays], self.target[rays])
 
-def make_optimizer(field: RadianceField, lr_scale: float = 1.0) -> torch.optim.Adam:
-    """Adam over the field's parameter groups at ``lr_scale`` times their suggested rates."""
-    groups = field.parameter_groups()
-    for group in groups:
-        group["lr"] *= lr_scale
-    return torch.optim.Adam(groups, eps=1e-15)
+    def loss(self, batch: RayBatch, phase: str, step: int, generator: torch.Generator) -> Loss:
+        """Squared error of the rendered rays (samples jittered from ``generator``); terms: psnr."""
+        out = render_rays(self.field, batch.origins, batch.directions, self.config.num_samples, generator=generator,
+                          background=self.data.background)
+        mse = (out.rgb - batch.target).square().mean()
+        return Loss(mse, {"psnr": psnr_from_mse(mse.detach().item())})
 
-
-def exponential_decay(optimizer: torch.optim.Optimizer, steps: int, final_ratio: float):
-    """A scheduler that multiplies every rate by ``final_ratio`` over ``steps`` steps."""
-    gamma = final_ratio ** (1.0 / max(steps, 1))
-    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
-
-
-def fit_field(field: RadianceField, data: MultiViewData, config: FitConfig, generator: torch.Generator,
-              progress: bool = True, on_step: Callable[[int, RadianceField], bool | None] | None = None,
-              eval_data: MultiViewData | None = None) -> FitResult:
-    """Train ``field`` on ``data``'s pixels; the bar shows loss and training-batch PSNR (and held-out PSNR,
-    every 10% of the run, when ``eval_data`` is given)."""
-    origins, directions = (r.reshape(-1, 3) for r in camera_rays(data.cameras))
-    target = data.images.permute(0, 2, 3, 1).reshape(-1, 3)
-    optimizer = make_optimizer(field, config.lr_scale)
-    scheduler = exponential_decay(optimizer, config.steps, config.lr_final_ratio)
-    bar = tqdm(range(config.steps), desc=f"fit {field.config.architecture}", disable=not progress,
-               mininterval=1.0, dynamic_ncols=True)
-    start, loss_value, step = time.perf_counter(), float("nan"), 0
-    for step in bar:
-        rays = torch.randint(0, origins.shape[0], (config.rays_per_step,), generator=generator)
-        out = render_rays(field, origins[rays], directions[rays], config.num_samples, generator=generator,
-                          background=data.background)
-        loss = (out.rgb - target[rays]).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_value = loss.item()
-        postfix = {"loss": f"{loss_value:.4f}", "psnr": f"{psnr_from_mse(loss_value):.2f}"}
-        if eval_data is not None and progress and (step + 1) % max(1, config.steps // 10) == 0:
-            postfix["held-out psnr"] = f"{field_psnr(field, eval_data, config.num_samples):.2f}"
-        bar.set_postfix(postfix, refresh=False)
-        if on_step is not None and on_step(step + 1, field):
-            break
-    return FitResult(steps=step + 1, seconds=time.perf_counter() - start, final_loss=loss_value)
+    def after_update(self, update: Update) -> None:
+        """Nothing to do after a step."""

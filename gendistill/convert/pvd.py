@@ -1,5 +1,6 @@
-"""Progressive volume distillation (PVD, "One is All"; PVD-AL's focus): a student field learns a teacher's
-volume by querying it on the fly, block by block from shallow to deep.
+"""Progressive volume distillation (PVD, Fang et al. 2023, "One is All: Bridging the Gap Between Neural Radiance
+Fields Architectures with Progressive Volume Distillation"; PVD-AL's focus): a student field learns a teacher's
+volume by querying it on the fly, block by block from shallow to deep. A recipe for the one trainer.
 
 Each step draws points in the cube (half uniform, half along random rays of the given cameras) and rays of
 those cameras, asks the teacher about them without gradients, and adds up the losses of the stages that
@@ -14,23 +15,26 @@ have started (fractions of the run, in this order):
 4. **rays**: squared error of rendered rgb and alpha along the cameras' rays.
 
 With ``focus`` (PVD-AL), a share of every batch replays the points and rays the student got most wrong in
-the previous step.
+the previous step; that memory is checkpointed (``extra_state``), so a resumed run replays exactly.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field as dataclass_field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from gendistill.convert.fit import exponential_decay, make_optimizer
+from gendistill.convert.fit import field_groups
 from gendistill.errors import check_range
+from gendistill.recipe import Loss, ParamGroup, Phase, Update
 from gendistill.render.cameras import Cameras
 from gendistill.render.nerf import RadianceField, camera_rays, intersect_cube, render_rays
+
+STUDENT_PHASE = "student"
+"""The phase name of a distillation (the key of its optimizer settings)."""
+PROJECTION_LR = 1e-2
+"""Learning rate of the features stage's linear projection (not scaled by ``lr_scale``)."""
 
 
 @dataclass
@@ -52,7 +56,7 @@ class PVDConfig:
     """How to distil a field into another."""
 
     steps: int = 600
-    """Adam steps."""
+    """Optimizer steps."""
     points_per_step: int = 2048
     """Points where the teacher is queried each step."""
     rays_per_step: int = 128
@@ -87,95 +91,120 @@ class PVDConfig:
 
 
 @dataclass(frozen=True)
-class PVDResult:
-    """What a distillation did."""
+class PVDBatch:
+    """Fresh random queries of one step (the focus replay is mixed in by the recipe)."""
 
-    steps: int
-    """Steps run (fewer than configured when on_step stopped the run)."""
-    seconds: float
-    """Wall-clock of the loop."""
-    final_losses: dict
-    """Each active stage's loss at the last step."""
+    points: Tensor
+    """(P, 3) query points in the cube."""
+    rays: Tensor
+    """(R,) indices into the cameras' rays."""
 
 
-class _Focus:
-    """PVD-AL's memory: the worst points and rays of the last step, replayed in the next one."""
+class FeatureProjection(nn.Module):
+    """The features stage's learned map from student to teacher encoder outputs, with the teacher's per-channel
+    scale (its standard deviation over uniform points) that normalises the target."""
 
-    def __init__(self, fraction: float) -> None:
-        self.fraction = fraction
-        self.points: Tensor | None = None
-        self.rays: Tensor | None = None
+    def __init__(self, student_dim: int, teacher_dim: int, scale: Tensor) -> None:
+        super().__init__()
+        self.linear = nn.Linear(student_dim, teacher_dim)
+        self.register_buffer("scale", scale.clone())
 
-    def mix(self, fresh: Tensor, remembered: Tensor | None) -> Tensor:
-        if remembered is None or self.fraction == 0:
-            return fresh
-        k = min(int(self.fraction * fresh.shape[0]), remembered.shape[0])
-        return torch.cat([fresh[: fresh.shape[0] - k], remembered[:k]])
-
-    @staticmethod
-    def worst(items: Tensor, errors: Tensor, k: int) -> Tensor:
-        return items[errors.detach().topk(min(k, errors.shape[0])).indices]
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
 
 
-class Distiller:
-    """Runs PVD from ``teacher`` into ``student`` with rays of ``cameras`` composited over ``background``."""
+class PVDRecipe:
+    """Distils ``teacher`` into ``student`` with rays of ``cameras`` composited over ``background``; one phase,
+    ``student`` (the student's groups plus the projection). ``generator`` only initialises the projection and
+    measures the teacher's feature scale; the training draws come from the trainer."""
 
     def __init__(self, teacher: RadianceField, student: RadianceField, cameras: Cameras, background: Tensor,
                  config: PVDConfig, generator: torch.Generator) -> None:
-        self.teacher, self.student, self.config, self.generator = teacher, student, config, generator
-        self.background = background
+        self.teacher, self.student, self.config, self.background = teacher, student, config, background
         self.origins, self.directions = (r.reshape(-1, 3) for r in camera_rays(cameras))
         self.bound = min(teacher.config.bound, student.config.bound)
         teacher.requires_grad_(False)
         self.use_features = any(p.requires_grad for p in student.encoder.parameters())
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            self.projection = nn.Linear(student.feature_dim, teacher.feature_dim)
-        self.feature_scale = self._teacher_feature_scale() if self.use_features else None
-        self.optimizer = make_optimizer(student, config.lr_scale)
-        if self.use_features:
-            self.optimizer.add_param_group({"params": list(self.projection.parameters()), "lr": 1e-2, "name": "proj"})
-        self.scheduler = exponential_decay(self.optimizer, config.steps, config.lr_final_ratio)
-        self.focus = _Focus(config.focus_fraction) if config.focus else None
+        self.projection = self._projection(generator) if self.use_features else None
+        self.focus_points = torch.zeros(0, 3)
+        self.focus_rays = torch.zeros(0, dtype=torch.long)
 
-    def _teacher_feature_scale(self) -> Tensor:
+    def _projection(self, generator: torch.Generator) -> FeatureProjection:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         with torch.no_grad():
-            f = self.teacher.features(self._uniform_points(4096))
-        return f.std(dim=0).clamp_min(1e-6)
+            scale = self.teacher.features(_uniform_points(4096, self.bound, generator)).std(dim=0).clamp_min(1e-6)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return FeatureProjection(self.student.feature_dim, self.teacher.feature_dim, scale)
 
-    def _uniform_points(self, n: int) -> Tensor:
-        return (torch.rand(n, 3, generator=self.generator) * 2 - 1) * self.bound
+    # --- the recipe protocol --------------------------------------------------------------------------
 
-    def _ray_points(self, n: int) -> Tensor:
-        rays = torch.randint(0, self.origins.shape[0], (n,), generator=self.generator)
+    def phases(self) -> list[Phase]:
+        groups = field_groups(self.student, self.config.lr_scale, self.config.lr_final_ratio)
+        if self.projection is not None:
+            params = list(self.projection.parameters())
+            groups += (ParamGroup("projection", params, PROJECTION_LR, self.config.lr_final_ratio),)
+        return [Phase(STUDENT_PHASE, groups=groups)]
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The student and the projection (the teacher is fixed and reloaded by the caller, not checkpointed)."""
+        return {"student": self.student, **({"projection": self.projection} if self.projection else {})}
+
+    def ema_module(self) -> str | None:
+        return None
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """PVD-AL's memory of the last step's worst points and rays."""
+        return {"focus_points": self.focus_points, "focus_rays": self.focus_rays}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.focus_points = state["focus_points"].float()
+        self.focus_rays = state["focus_rays"].long()
+
+    def after_update(self, update: Update) -> None:
+        """Nothing to do after a step."""
+
+    # --- batches and losses ---------------------------------------------------------------------------
+
+    def batch(self, step: int, generator: torch.Generator) -> PVDBatch:
+        """Fresh points (half uniform, half on the cameras' rays, shuffled) and ray indices of one step."""
+        n = self.config.points_per_step
+        points = torch.cat([_uniform_points(n // 2, self.bound, generator), self._ray_points(n - n // 2, generator)])
+        points = points[torch.randperm(n, generator=generator)]
+        rays = torch.randint(0, self.origins.shape[0], (self.config.rays_per_step,), generator=generator)
+        return PVDBatch(points, rays)
+
+    def _ray_points(self, n: int, generator: torch.Generator) -> Tensor:
+        rays = torch.randint(0, self.origins.shape[0], (n,), generator=generator)
         o, d = self.origins[rays], self.directions[rays]
         near, far = intersect_cube(o, d, self.bound)
-        t = near + (far - near) * torch.rand(n, generator=self.generator)
+        t = near + (far - near) * torch.rand(n, generator=generator)
         return o + t[:, None] * d
 
-    def sample_points(self) -> Tensor:
-        """This step's query points, with the remembered worst ones mixed in under focus."""
-        n = self.config.points_per_step
-        points = torch.cat([self._uniform_points(n // 2), self._ray_points(n - n // 2)])
-        points = points[torch.randperm(n, generator=self.generator)]
-        return self.focus.mix(points, self.focus.points) if self.focus else points
+    def loss(self, batch: PVDBatch, phase: str, step: int, generator: torch.Generator) -> Loss:
+        """The sum of the started stages' losses at ``step``; terms: each stage's loss."""
+        losses = self.stage_losses(batch, step / self.config.steps, generator)
+        return Loss(sum(losses.values()), {k: float(v.detach().item()) for k, v in losses.items()})
 
-    def sample_rays(self) -> Tensor:
-        rays = torch.randint(0, self.origins.shape[0], (self.config.rays_per_step,), generator=self.generator)
-        return self.focus.mix(rays, self.focus.rays) if self.focus else rays
-
-    def step_losses(self, progress: float) -> dict[str, Tensor]:
+    def stage_losses(self, batch: PVDBatch, progress: float, generator: torch.Generator) -> dict[str, Tensor]:
         """The losses of the stages that have started at ``progress`` in [0, 1]."""
-        cfg, starts, losses = self.config, self.config.stages, {}
+        starts, losses = self.config.stages, {}
         if not self.use_features:  # the first stage that exists starts at once
             progress = max(progress, starts.density)
-        points = self.sample_points()
+        points = self._mix(batch.points, self.focus_points)
+        losses.update(self._point_losses(points, progress))
+        if progress >= starts.rays:
+            losses["rays"] = self._ray_loss(self._mix(batch.rays, self.focus_rays), generator)
+        return losses
+
+    def _point_losses(self, points: Tensor, progress: float) -> dict[str, Tensor]:
+        cfg, starts, losses = self.config, self.config.stages, {}
         with torch.no_grad():
             t_density, t_rgb = self.teacher(points)
         point_error = torch.zeros(points.shape[0])
         if self.use_features and progress >= starts.features:
             with torch.no_grad():
-                target = self.teacher.features(points) / self.feature_scale
+                target = self.teacher.features(points) / self.projection.scale
             err = (self.projection(self.student.features(points)) - target).square().mean(-1)
             losses["features"] = cfg.feature_weight * err.mean()
             point_error = point_error + err.detach()
@@ -191,48 +220,33 @@ class Distiller:
                 err = weight * (s_rgb - t_rgb).square().mean(-1)
                 losses["colour"] = err.sum() / weight.sum().clamp_min(1e-6)
                 point_error = point_error + err.detach()
-        if self.focus:
-            self.focus.points = _Focus.worst(points, point_error, int(cfg.focus_fraction * points.shape[0]))
-        if progress >= starts.rays:
-            losses["rays"] = self._ray_loss()
+        if cfg.focus:
+            self.focus_points = _worst(points, point_error, int(cfg.focus_fraction * points.shape[0]))
         return losses
 
-    def _ray_loss(self) -> Tensor:
-        rays = self.sample_rays()
+    def _ray_loss(self, rays: Tensor, generator: torch.Generator) -> Tensor:
         o, d = self.origins[rays], self.directions[rays]
+        samples = self.config.num_samples
         with torch.no_grad():
-            t = render_rays(self.teacher, o, d, self.config.num_samples, generator=self.generator,
-                            background=self.background)
-        s = render_rays(self.student, o, d, self.config.num_samples, generator=self.generator,
-                        background=self.background)
+            t = render_rays(self.teacher, o, d, samples, generator=generator, background=self.background)
+        s = render_rays(self.student, o, d, samples, generator=generator, background=self.background)
         err = (s.rgb - t.rgb).square().mean(-1) + (s.alpha - t.alpha).square()
-        if self.focus:
-            self.focus.rays = _Focus.worst(rays, err, int(self.config.focus_fraction * rays.shape[0]))
+        if self.config.focus:
+            self.focus_rays = _worst(rays, err, int(self.config.focus_fraction * rays.shape[0]))
         return err.mean()
 
-    def run(self, progress: bool = True, on_step: Callable[[int, RadianceField], bool | None] | None = None
-            ) -> PVDResult:
-        """Distil for ``config.steps`` steps (or until ``on_step`` returns True)."""
-        steps = self.config.steps
-        bar = tqdm(range(steps), desc=f"pvd -> {self.student.config.architecture}", disable=not progress,
-                   mininterval=1.0, dynamic_ncols=True)
-        start, losses, step = time.perf_counter(), {}, 0
-        for step in bar:
-            losses = self.step_losses(step / steps)
-            total = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()}, refresh=False)
-            if on_step is not None and on_step(step + 1, self.student):
-                break
-        return PVDResult(steps=step + 1, seconds=time.perf_counter() - start,
-                         final_losses={k: float(v.item()) for k, v in losses.items()})
+    def _mix(self, fresh: Tensor, remembered: Tensor) -> Tensor:
+        """``fresh`` with its tail replaced by up to ``focus_fraction`` of the remembered items (PVD-AL)."""
+        if not self.config.focus or remembered.shape[0] == 0:
+            return fresh
+        k = min(int(self.config.focus_fraction * fresh.shape[0]), remembered.shape[0])
+        return torch.cat([fresh[: fresh.shape[0] - k], remembered[:k].to(fresh)])
 
 
-def distil_field(teacher: RadianceField, student: RadianceField, cameras: Cameras, background: Tensor,
-                 config: PVDConfig, generator: torch.Generator, progress: bool = True,
-                 on_step: Callable[[int, RadianceField], bool | None] | None = None) -> PVDResult:
-    """Distil ``teacher`` into ``student`` in place (see the module docstring)."""
-    return Distiller(teacher, student, cameras, background, config, generator).run(progress, on_step)
+def _uniform_points(n: int, bound: float, generator: torch.Generator) -> Tensor:
+    return (torch.rand(n, 3, generator=generator) * 2 - 1) * bound
+
+
+def _worst(items: Tensor, errors: Tensor, k: int) -> Tensor:
+    """The ``k`` items with the largest errors (detached copies)."""
+    return items[errors.detach().topk(min(k, errors.shape[0])).indices].detach().clone()

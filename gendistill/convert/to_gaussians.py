@@ -2,29 +2,31 @@
 
 NeRF -> Gaussians: rays of the cameras are rendered through the teacher, and splat centres are drawn from the
 samples in proportion to their compositing weights (so they land on the visible surface, where the teacher's
-density sits), coloured by the teacher. The splats are then fitted to the teacher's renders of the cameras
+density sits), coloured by the teacher (:func:`place_splats`). :class:`SplatFitRecipe` then fits the splats to
+the teacher's renders of the cameras (:func:`~gendistill.convert.measure.teacher_views`) on the one trainer,
 with :class:`~gendistill.render.gaussians.GaussianRenderer` (torch backend on CPU, gsplat on CUDA).
 
-Gaussians -> NeRF: the splats' renders of the cameras become the images a field is fitted to
-(:func:`gendistill.convert.fit.fit_field`).
+Gaussians -> NeRF: the splats' renders of the cameras (:func:`~gendistill.convert.measure.splat_views`) become
+the images a field is fitted to (:class:`gendistill.convert.fit.NerfFitRecipe`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
 from gendistill.convert.data import MultiViewData
 from gendistill.errors import check_range
+from gendistill.recipe import Loss, ParamGroup, Phase, Update
 from gendistill.render.cameras import Cameras
 from gendistill.render.gaussians import GaussianParams, GaussianRenderer, init_from_points
-from gendistill.render.nerf import RadianceField, camera_rays, render_cameras, render_rays
+from gendistill.render.nerf import RadianceField, camera_rays, render_rays
+
+SPLATS_PHASE = "splats"
+"""The phase name of a splat fit (the key of its optimizer settings)."""
 
 
 @dataclass
@@ -41,7 +43,7 @@ class SplatConfig:
     scale_factor: float = 0.7
     """Initial size: this times the RMS distance to the 3 nearest splats."""
     steps: int = 300
-    """Adam steps fitting the splats to the teacher's renders."""
+    """Optimizer steps fitting the splats to the teacher's renders."""
     views_per_step: int = 2
     """Teacher renders per step."""
     num_samples: int = 64
@@ -55,13 +57,6 @@ class SplatConfig:
         check_range("initial_opacity", self.initial_opacity, 1e-4, 0.999)
         check_range("steps", self.steps, 0, None)
         check_range("views_per_step", self.views_per_step, 1, None)
-
-
-def teacher_views(teacher: RadianceField, cameras: Cameras, background: Tensor, num_samples: int = 64) -> MultiViewData:
-    """The teacher's deterministic renders of ``cameras`` (the images the student is fitted to)."""
-    with torch.no_grad():
-        rgb, _ = render_cameras(teacher, cameras, num_samples, background=background)
-    return MultiViewData(cameras, rgb, background)
 
 
 def place_splats(teacher: RadianceField, cameras: Cameras, config: SplatConfig,
@@ -88,40 +83,38 @@ def place_splats(teacher: RadianceField, cameras: Cameras, config: SplatConfig,
     return splats
 
 
-def fit_splats(splats: GaussianParams, targets: MultiViewData, config: SplatConfig, generator: torch.Generator,
-               progress: bool = True, on_step: Callable[[int, GaussianParams], bool | None] | None = None,
-               renderer: GaussianRenderer | None = None) -> float:
-    """Fit ``splats`` in place to ``targets``' images; returns the seconds spent."""
-    renderer = renderer or GaussianRenderer()
-    scene_scale = float(targets.cameras.positions.norm(dim=-1).max()) / 4.0
-    groups = [g.as_torch() for g in splats.parameter_groups(scene_scale)]
-    for group in groups:
-        group["lr"] *= config.lr_scale
-    optimizer = torch.optim.Adam(groups, eps=1e-15)
-    start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="splats", disable=not progress, mininterval=1.0, dynamic_ncols=True)
-    for step in bar:
-        views = torch.randint(0, len(targets), (config.views_per_step,), generator=generator)
-        out = renderer.render(splats, targets.cameras[views], background=targets.background)
-        loss = (out.rgb - targets.images[views]).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if on_step is not None and on_step(step + 1, splats):
-            break
-    return time.perf_counter() - start
 
 
-def render_splats(splats: GaussianParams, cameras: Cameras, background: Tensor,
-                  renderer: GaussianRenderer | None = None, batch: int = 4) -> Tensor:
-    """Renders (C, 3, H, W) of ``splats`` without gradients, a few cameras at a time."""
-    renderer = renderer or GaussianRenderer()
-    with torch.no_grad():
-        return torch.cat([renderer.render(splats, cameras[i:i + batch], background=background).rgb
-                          for i in range(0, len(cameras), batch)])
+class SplatFitRecipe:
+    """Fit ``splats`` to ``targets``' images: each step renders ``views_per_step`` random target cameras and
+    the loss is the squared error. One phase, ``splats``, one group per splat parameter at gsplat's suggested
+    rate (means scaled by the scene) times ``lr_scale``, constant over the run."""
 
+    def __init__(self, splats: GaussianParams, targets: MultiViewData, config: SplatConfig,
+                 renderer: GaussianRenderer | None = None) -> None:
+        self.splats, self.targets, self.config = splats, targets, config
+        self.renderer = renderer or GaussianRenderer()
+        self.scene_scale = float(targets.cameras.positions.norm(dim=-1).max()) / 4.0
 
-def splat_views(splats: GaussianParams, cameras: Cameras, background: Tensor) -> MultiViewData:
-    """The splats' renders of ``cameras`` as training data for a field (Gaussians -> NeRF)."""
-    return MultiViewData(cameras, render_splats(splats, cameras, background), background)
+    def phases(self) -> list[Phase]:
+        groups = tuple(ParamGroup(g.name, [g.param], g.lr * self.config.lr_scale)
+                       for g in self.splats.parameter_groups(self.scene_scale))
+        return [Phase(SPLATS_PHASE, groups=groups)]
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"splats": self.splats}
+
+    def ema_module(self) -> str | None:
+        return None
+
+    def batch(self, step: int, generator: torch.Generator) -> Tensor:
+        """Indices of this step's target views (the trainer's ``batch_fn``)."""
+        return torch.randint(0, len(self.targets), (self.config.views_per_step,), generator=generator)
+
+    def loss(self, batch: Tensor, phase: str, step: int, generator: torch.Generator) -> Loss:
+        """Squared error of the splats' renders of the batch's views against the targets."""
+        out = self.renderer.render(self.splats, self.targets.cameras[batch], background=self.targets.background)
+        return Loss((out.rgb - self.targets.images[batch]).square().mean(), outputs=out)
+
+    def after_update(self, update: Update) -> None:
+        """Nothing to do after a step (no densification: the splats were placed on the teacher's surface)."""

@@ -76,6 +76,11 @@ def test_fit_then_convert_everywhere(tmp_path, capsys):
     assert metrics["steps"] == 5 and metrics["holdout_views"] == 2 and metrics["psnr_holdout"] > 0
     assert (fitted / "renders.png").is_file() and (fitted / "config.yaml").is_file()
     assert load_field(fitted / "field.safetensors").config.architecture == "tensorf-vm"
+    assert (fitted / "curves.png").is_file() and (fitted / "checkpoints" / "step-0000005").is_dir()
+    code, out, err = run(capsys, "fit-nerf", "--prompt", "a red cube", "--architecture", "tensorf-vm", "--steps", "7",
+                         *TINY_FIT, "--resume", "--out", str(fitted))
+    assert code == 0, err
+    assert "resumed from step-0000005" in out and json.loads((fitted / "metrics.json").read_text())["steps"] == 7
 
     code, out, err = run(capsys, "convert-nerf", "--teacher", str(fitted / "field.safetensors"), "--to", "tensorf-cp",
                          "--focus", "--steps", "3", *TINY_CONVERT, "--out", str(tmp_path / "cp"))
