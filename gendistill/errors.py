@@ -9,6 +9,11 @@ class RunStopped(Exception):
     """A long run stopped on purpose (e.g. a NaN loss): one line on stderr, exit code 1, outputs kept."""
 
 
+def key_path(path: str, name: str) -> str:
+    """The dotted config key of ``name`` inside the section at ``path`` ("" is the root): for messages."""
+    return f"{path}.{name}" if path else name
+
+
 def check_choice(name: str, value: str, choices) -> str:
     """Return ``value`` if it is one of ``choices``, else raise a UserError listing them."""
     if value not in choices:
@@ -17,9 +22,14 @@ def check_choice(name: str, value: str, choices) -> str:
 
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> float:
-    """Return ``value`` if ``low <= value <= high`` (either bound optional), else raise a UserError."""
+    """Return ``value`` if ``low <= value <= high`` (either bound optional), else raise a UserError:
+    "name must be in [low, high], got v", or "must be >= low" / "must be <= high" with one bound."""
     if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise UserError(f"{name} must be in [{lo}, {hi}], got {value:g}")
+        if high is None:
+            allowed = f">= {low:g}"
+        elif low is None:
+            allowed = f"<= {high:g}"
+        else:
+            allowed = f"in [{low:g}, {high:g}]"
+        raise UserError(f"{name} must be {allowed}, got {value:g}")
     return value

@@ -116,3 +116,17 @@ def tiny_sdxl_pipeline(folder: Path | None = None, seed: int = 0):
     if folder is not None:
         pipe.save_pretrained(folder)
     return pipe
+
+
+def unet_model(unet, prediction_type: str = "epsilon", **scheduler):
+    """A ``TextToImageModel`` of just a UNet (or a stand-in module with a ``config``) on a DDIM schedule
+    (Stable Diffusion's, or ``scheduler`` overrides such as ``trained_betas``): all a step-distillation recipe
+    needs of its teacher, without building a text encoder and a VAE."""
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler
+
+    from gendistill.backends.text_to_image import TextToImageModel
+
+    ddim = DDIMScheduler(**{**SD_SCHEDULER, **scheduler, "prediction_type": prediction_type})
+    return TextToImageModel(SimpleNamespace(unet=unet, scheduler=ddim, components={"unet": unet}))

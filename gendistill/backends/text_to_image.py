@@ -8,14 +8,22 @@ pipeline's own ``encode_prompt``, so embeddings equal the stock pipeline's) and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from gendistill.diffusion.adapters import FlowDenoiser, LCMBoundaryDenoiser, VPDenoiser, guidance_embedding
+from gendistill.diffusion.adapters import (FlowDenoiser, LCMBoundaryDenoiser, VPDenoiser, guidance_embedding,
+                                           network_dtype)
 from gendistill.diffusion.denoiser import TextCondition
-from gendistill.diffusion.schedules import DiscreteVPSchedule, FlowMatchSchedule, KarrasSchedule, LCMSchedule
+from gendistill.diffusion.schedules import (DiscreteVPSchedule, FlowMatchSchedule, KarrasSchedule, LCMSchedule,
+                                            flow_time_to_sigma, vp_sigmas_from_alphas_cumprod)
 from gendistill.errors import UserError
+
+
+Boundary = Union[Literal["pipeline"], float, None]
+"""LCM's boundary condition on a denoiser: as the pipeline's scheduler does, never (None), or always with
+this timestep scaling."""
 
 
 @dataclass(frozen=True)
@@ -60,27 +68,49 @@ class TextToImageModel:
     @property
     def embeds_guidance(self) -> bool:
         """True for UNets with the guidance scale distilled in (LCM's w-embedding): no CFG batch needed."""
-        return self.family == "vp" and getattr(self.network.config, "time_cond_proj_dim", None) is not None
+        return self.family == "vp" and _embedding_width(self.network) is not None
 
     def default_sampler(self) -> str:
         """The sampler that reproduces the pipeline's own scheduler."""
         return DEFAULT_SAMPLERS.get(self.scheduler_name, "euler")
 
-    def denoiser(self, guidance: float = 1.0, num_images: int = 1):
-        """The canonical denoiser; LCM pipelines get their boundary condition, w-embedding UNets the scale."""
+    def denoiser(self, guidance: float | Tensor = 1.0, num_images: int = 1, network: nn.Module | None = None,
+                 boundary: Boundary = "pipeline") -> nn.Module:
+        """THE canonical denoiser of any network of this model: the teacher's own (``network=None``) or a
+        student, fake score or LoRA copy, all on this model's schedule and prediction type.
+
+        ``guidance`` is embedded (a float for ``num_images`` rows, or one scale per row) when the network has a
+        w-embedding (LCM's ``time_cond_proj_dim``); others ignore it. ``boundary`` is LCM's boundary
+        condition: "pipeline" applies it as the model's scheduler does (LCMScheduler: yes, with its
+        ``timestep_scaling``), None never, a float always with that timestep scaling (a consistency student)."""
+        network = self.network if network is None else network
         if self.family == "flow":
-            return FlowDenoiser(self.network, self.config.get("num_train_timesteps", 1000))
-        timestep_cond = None
-        if self.embeds_guidance:
-            scale = torch.full((num_images,), guidance, device=self.network.device)
-            timestep_cond = guidance_embedding(scale, self.network.config.time_cond_proj_dim).to(self.network.device)
-        denoiser = VPDenoiser(self.network, self.alphas_cumprod, self.config.get("prediction_type", "epsilon"),
-                              timestep_cond)
-        if self.scheduler_name == "LCMScheduler":
-            return LCMBoundaryDenoiser(denoiser, self.config.get("timestep_scaling", 10.0))
-        return denoiser
+            return FlowDenoiser(network, self.config.get("num_train_timesteps", 1000))
+        denoiser = VPDenoiser(network, self.alphas_cumprod, self.prediction_type,
+                              _guidance_condition(network, guidance, num_images))
+        if boundary == "pipeline":
+            boundary = self.config.get("timestep_scaling", 10.0) if self.scheduler_name == "LCMScheduler" else None
+        return denoiser if boundary is None else LCMBoundaryDenoiser(denoiser, float(boundary))
+
+    @property
+    def prediction_type(self) -> str:
+        """What the VP network predicts: "epsilon", "v_prediction" or "sample" (the scheduler's setting)."""
+        return self.config.get("prediction_type", "epsilon")
 
     # --- schedules ----------------------------------------------------------------------------------
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod) if self.family == "vp" else int(self.config.get("num_train_timesteps", 1000))
+
+    @property
+    def train_sigmas(self) -> Tensor:
+        """Sigma of each training timestep, (T,), float64: VP ``sqrt((1 - abar) / abar)``; flow models use flow
+        times ``t = k / T``, k = 1..T, as ``sigma = t / (1 - t)`` (capped)."""
+        if self.family == "vp":
+            return vp_sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        T = self.num_train_timesteps
+        return flow_time_to_sigma(torch.arange(1, T + 1, dtype=torch.float64) / T)
 
     def plan(self, sampler: str, steps: int, karras: bool = False) -> SamplingPlan:
         """The sigmas diffusers' own scheduler would visit for this sampler and step count."""
@@ -185,6 +215,20 @@ DEFAULT_SAMPLERS = {
     "FlowMatchEulerDiscreteScheduler": "euler",
 }
 """Scheduler class -> our sampler that follows it (others fall back to euler)."""
+
+
+def _embedding_width(network: nn.Module) -> int | None:
+    """The width of a UNet's w-embedding (``time_cond_proj_dim``), None without one (or without a config)."""
+    return getattr(getattr(network, "config", None), "time_cond_proj_dim", None)
+
+
+def _guidance_condition(network: nn.Module, guidance: float | Tensor, num_images: int) -> Tensor | None:
+    """The ``timestep_cond`` embedding ``guidance`` for a w-embedding network, (B, D) in its dtype; else None."""
+    dim = _embedding_width(network)
+    if dim is None:
+        return None
+    scale = guidance.detach().float().cpu() if isinstance(guidance, Tensor) else torch.full((num_images,), guidance)
+    return guidance_embedding(scale, dim).to(device=network.device, dtype=network_dtype(network))
 
 
 def _alphas_cumprod(config: dict) -> Tensor:

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from gendistill.run_dir import check_out_dir
+
+    check_out_dir(args.out)  # an existing file there is one line, before any work or import
     from gendistill.config import load_config
     from gendistill.distill.config import DistillConfig
     from gendistill.distill.run import run_distill

@@ -8,6 +8,7 @@ from typing import Literal
 from gendistill.distill.consistency import LCMConfig
 from gendistill.distill.dmd import DMD2Config
 from gendistill.distill.progressive import ProgressiveConfig
+from gendistill.errors import check_range, key_path
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 
 
@@ -29,6 +30,10 @@ class DataConfig:
     view_phrase_prob: float = 0.5
     """Share of shapes captions that carry a view phrase ("..., front view")."""
 
+    def check(self, path: str) -> None:
+        check_range(key_path(path, "batch_size"), self.batch_size, 1)
+        check_range(key_path(path, "view_phrase_prob"), self.view_phrase_prob, 0.0, 1.0)
+
 
 @dataclass
 class EvalConfig:
@@ -48,6 +53,14 @@ class EvalConfig:
     """Images per evaluation during training, over all 40 prompts (>= 80 gives diversity; 0: none)."""
     grid_prompts: int = 8
     """Prompts in the teacher-vs-student grid."""
+
+    def check(self, path: str) -> None:
+        for name in ("student_steps", "teacher_steps"):
+            for i, steps in enumerate(getattr(self, name)):
+                check_range(f"{key_path(path, name)}[{i}]", steps, 1)
+        for name in ("num_samples", "grid_prompts"):
+            check_range(key_path(path, name), getattr(self, name), 1)
+        check_range(key_path(path, "during_training_samples"), self.during_training_samples, 0)
 
 
 @dataclass

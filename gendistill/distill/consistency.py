@@ -23,6 +23,7 @@ which has no w-embedding). Scales follow diffusers' convention (``guidance_scale
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -30,14 +31,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gendistill.diffusion.adapters import LCMBoundaryDenoiser, VPDenoiser, guidance_embedding, network_dtype
+from gendistill.backends.text_to_image import TextToImageModel
+from gendistill.config import check_config
+from gendistill.diffusion.adapters import LCMBoundaryDenoiser, network_dtype
 from gendistill.diffusion.denoiser import Denoiser, TextCondition, expand_sigma
 from gendistill.diffusion.schedules import LCMSchedule, vp_sigmas_from_alphas_cumprod
 from gendistill.diffusion.samplers import ddim_step
 from gendistill.backends.lora import lora_student, mark_only_lora_trainable
+from gendistill.distill.export import StudentSampling
 from gendistill.distill.models import DistillBatch, TeacherStudent
-from gendistill.errors import UserError, check_choice
-from gendistill.recipe import Loss, Phase
+from gendistill.distill.recipes import BoundRecipe
+from gendistill.errors import UserError, check_choice, check_range, key_path
+from gendistill.recipe import Loss, Phase, Update
 
 
 @dataclass
@@ -71,22 +76,29 @@ class LCMConfig:
     time_cond_proj_dim: int = 256
     """Width of the w-embedding added to the student's time embedding (guidance "embedding")."""
 
-    def __post_init__(self) -> None:
-        check_choice("guidance", self.guidance, ("embedding", "fixed"))
-        check_choice("loss", self.loss, ("huber", "l2"))
-        if self.num_ddim_timesteps < 1:
-            raise UserError(f"num_ddim_timesteps must be at least 1, got {self.num_ddim_timesteps}")
+    def check(self, path: str) -> None:
+        """UserErrors naming the key for out-of-range or incompatible settings."""
+        check_choice(key_path(path, "guidance"), self.guidance, ("embedding", "fixed"))
+        check_choice(key_path(path, "loss"), self.loss, ("huber", "l2"))
+        check_range(key_path(path, "num_ddim_timesteps"), self.num_ddim_timesteps, 1)
         if self.w_min > self.w_max:
-            raise UserError(f"w_min ({self.w_min:g}) must not exceed w_max ({self.w_max:g})")
+            raise UserError(f"{key_path(path, 'w_min')} ({self.w_min:g}) must not exceed {key_path(path, 'w_max')} "
+                            f"({self.w_max:g})")
         if not 0.0 <= self.target_ema < 1.0:
-            raise UserError(f"target_ema must be in [0, 1), got {self.target_ema:g}")
+            raise UserError(f"{key_path(path, 'target_ema')} must be in [0, 1), got {self.target_ema:g}")
         if self.huber_c <= 0:
-            raise UserError(f"huber_c must be positive, got {self.huber_c:g}")
-        if self.lora_rank < 0:
-            raise UserError(f"lora_rank must be 0 (full UNet) or positive, got {self.lora_rank}")
+            raise UserError(f"{key_path(path, 'huber_c')} must be > 0, got {self.huber_c:g}")
+        check_range(key_path(path, "lora_rank"), self.lora_rank, 0)
         if self.lora_rank > 0 and self.guidance == "embedding":
-            raise UserError("lora_rank > 0 needs guidance 'fixed': a LoRA loaded onto the teacher's stock UNet "
-                            "cannot carry a w-embedding")
+            raise UserError(f"{key_path(path, 'lora_rank')} > 0 needs {key_path(path, 'guidance')} 'fixed': a LoRA "
+                            "loaded onto the teacher's stock UNet cannot carry a w-embedding")
+
+    def build(self, model: TextToImageModel, first_batch: Callable[[], DistillBatch] | None = None) -> BoundRecipe:
+        """The LCM recipe on ``model``, and how its student is exported and sampled."""
+        recipe = LCMRecipe(model, self)
+        sampling = StudentSampling("lcm", self.num_ddim_timesteps, self.timestep_scaling)
+        guidance = (self.w_min + self.w_max) / 2 if self.guidance == "embedding" else 0.0
+        return BoundRecipe(recipe, recipe.models.student_unet, sampling, self.num_ddim_timesteps, 4, guidance)
 
 
 @dataclass(frozen=True)
@@ -172,26 +184,28 @@ def guidance_student(teacher_unet: nn.Module, time_cond_proj_dim: int) -> nn.Mod
     return student if network_dtype(student) == dtype else student.to(dtype)
 
 
-def lcm_models(teacher_unet: nn.Module, alphas_cumprod: Tensor, prediction: str, config: LCMConfig,
-               latent_shape: tuple[int, int, int] | None = None) -> TeacherStudent:
-    """Teacher plus the student ``config`` asks for: LoRA adapters on a teacher copy (``lora_rank > 0``),
+def lcm_models(model: TextToImageModel, config: LCMConfig) -> TeacherStudent:
+    """The teacher plus the student ``config`` asks for: LoRA adapters on a teacher copy (``lora_rank > 0``),
     a w-embedding UNet (guidance "embedding"), or a plain copy (guidance "fixed")."""
+    teacher_unet = model.network
     if config.lora_rank > 0:
         student = lora_student(teacher_unet, config.lora_rank, config.lora_alpha)
     elif config.guidance == "embedding":
         student = guidance_student(teacher_unet, config.time_cond_proj_dim)
     else:
         student = copy.deepcopy(teacher_unet)
-    return TeacherStudent(teacher_unet, alphas_cumprod, prediction, student, latent_shape)
+    return TeacherStudent(model, student)
 
 
 class LCMRecipe:
-    """Consistency distillation with one phase, ``student``; the EMA target follows it in ``after_update``."""
+    """Consistency distillation of ``model`` with one phase, ``student``; the EMA target follows it in
+    ``after_update``."""
 
-    def __init__(self, models: TeacherStudent, config: LCMConfig):
-        self.models, self.config = models, config
-        self.grid = SkippingSteps(models.alphas_cumprod, config.num_ddim_timesteps)
-        student = models.student_unet
+    def __init__(self, model: TextToImageModel, config: LCMConfig):
+        check_config(config, config.KIND)
+        self.models, self.config = lcm_models(model, config), config
+        self.grid = SkippingSteps(model.alphas_cumprod, config.num_ddim_timesteps)
+        student = self.models.student_unet
         if config.lora_rank > 0:
             self.trainable = mark_only_lora_trainable(student)  # TeacherStudent made everything trainable
         else:
@@ -199,11 +213,6 @@ class LCMRecipe:
         if config.guidance == "embedding" and student.config.time_cond_proj_dim is None:
             raise ValueError("guidance 'embedding' needs a student with time_cond_proj_dim (see guidance_student)")
         self.target_unet = copy.deepcopy(student).eval().requires_grad_(False)
-
-    @classmethod
-    def from_teacher(cls, teacher_unet: nn.Module, alphas_cumprod: Tensor, prediction: str,
-                     config: LCMConfig) -> LCMRecipe:
-        return cls(lcm_models(teacher_unet, alphas_cumprod, prediction, config), config)
 
     # --- the Recipe protocol ------------------------------------------------------------------------
 
@@ -218,7 +227,7 @@ class LCMRecipe:
         return "student"
 
     @torch.no_grad()
-    def after_update(self, phase: str, step: int) -> None:
+    def after_update(self, update: Update) -> None:
         """``target = decay * target + (1 - decay) * student`` over the trainable weights (the rest is
         frozen and equal in both); decay 0 copies."""
         decay = self.config.target_ema
@@ -259,12 +268,8 @@ class LCMRecipe:
 
     def consistency_fn(self, unet: nn.Module, w: Tensor) -> LCMBoundaryDenoiser:
         """``unet`` (student or target) as LCM's consistency function, told the scale ``w`` if it embeds it."""
-        timestep_cond = None
-        if self.config.guidance == "embedding":
-            emb = guidance_embedding(w.cpu(), unet.config.time_cond_proj_dim)  # a teacher's own width wins
-            timestep_cond = emb.to(device=unet.device, dtype=network_dtype(unet))
-        inner = VPDenoiser(unet, self.models.alphas_cumprod, self.models.prediction, timestep_cond)
-        return LCMBoundaryDenoiser(inner, self.config.timestep_scaling)
+        guidance = w if self.config.guidance == "embedding" else 1.0
+        return self.models.model.denoiser(guidance, len(w), network=unet, boundary=self.config.timestep_scaling)
 
     def teacher_step(self, batch: DistillBatch, x: Tensor, sigma: Tensor, sigma_next: Tensor, w: Tensor) -> Tensor:
         """The skipping-step solver: one guided deterministic DDIM step of the teacher, per sample."""

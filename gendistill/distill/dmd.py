@@ -7,7 +7,7 @@ huge timestep scaling, so it is the identity). Each trainer step runs two phases
 - ``fake_score`` (``fake_updates`` times): a trainable copy of the teacher (or the teacher plus LoRA)
   learns the denoiser of the student's current samples; optionally a classifier head on its bottleneck
   learns to tell noised real latents from noised samples (the GAN term);
-- ``generator``: a student sample is noised to a random timestep in [t_min, t_max] and moved along
+- ``generator``: a student sample is noised to a random timestep in ``timesteps`` and moved along
   ``dm_gradient`` (fake minus real x0, DMD's normaliser), the real score being the teacher with CFG;
   optionally plus DMD v1's regression loss on fixed (noise, teacher-ODE output) pairs and the
   non-saturating GAN loss through the (frozen) fake score's features.
@@ -19,7 +19,8 @@ only ever evaluated at the K sigmas it will be sampled at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -28,21 +29,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gendistill.backends.lora import make_fake_score
-from gendistill.diffusion.adapters import LCMBoundaryDenoiser, VPDenoiser
+from gendistill.backends.text_to_image import TextToImageModel
+from gendistill.config import check_config
 from gendistill.diffusion.denoiser import TextCondition, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.losses import denoising_loss, dm_gradient, surrogate_loss
 from gendistill.diffusion.samplers import final_sample, initial_scale, sample_consistency, sample_euler
 from gendistill.diffusion.schedules import DiscreteVPSchedule, LCMSchedule, UniformTimestepSampler
+from gendistill.diffusion.timesteps import TimestepRange
 from gendistill.distill.dmd_gan import (GANHead, bottleneck_channels, bottleneck_features, discriminator_loss,
                                         frozen, generator_gan_loss)
+from gendistill.distill.export import StudentSampling
 from gendistill.distill.models import DistillBatch, TeacherStudent
-from gendistill.errors import UserError, check_choice, check_range
-from gendistill.recipe import Loss, Phase
+from gendistill.distill.recipes import BoundRecipe
+from gendistill.errors import UserError, check_choice, check_range, key_path
+from gendistill.recipe import Loss, Phase, Update
 
 FakeWeighting = Literal["x0", "eps", "v", "min_snr"]
-REFERENCE_TIMESTEPS = 1000
-"""Timesteps in the config (t_min, t_max, gan_t_max) are on this scale, mapped onto the teacher's own."""
+MAX_ORIGINAL_STEPS = 1000
+"""The largest LCMScheduler grid a student can be exported with (diffusers' default number of timesteps)."""
 
 
 @dataclass
@@ -59,10 +64,8 @@ class DMD2Config:
     """K, the student's sampling steps; K > 1 trains every step by backward simulation."""
     original_steps: int | None = None
     """S, the LCMScheduler grid the K timesteps are picked from (None: S = K, evenly spaced steps)."""
-    t_min: int = 20
-    """Smallest timestep of the DM gradient, on a 1000-step scale (mapped onto the teacher's)."""
-    t_max: int = 980
-    """Largest timestep of the DM gradient, on the same 1000-step scale."""
+    timesteps: TimestepRange = field(default_factory=lambda: TimestepRange(0.02, 0.98))
+    """Timesteps of the DM gradient, as fractions of the teacher's training timesteps (DMD2: 20-980 of 1000)."""
     fake_lora_rank: int = 0
     """0: the fake score is a full trainable copy of the teacher; r > 0: a frozen copy with rank-r LoRA."""
     fake_loss_weighting: FakeWeighting = "eps"
@@ -81,8 +84,8 @@ class DMD2Config:
     """Weight of the classifier's loss in the fake-score phase (DMD2: 1e-2)."""
     gan_head_channels: int = 64
     """Width of the classifier head on the fake score's bottleneck features."""
-    gan_t_max: int = 999
-    """GAN inputs are noised to a timestep uniform in [0, gan_t_max], on the 1000-step scale."""
+    gan_timesteps: TimestepRange = field(default_factory=lambda: TimestepRange(0.0, 0.999))
+    """GAN inputs are noised to a timestep uniform in this range (fractions of the training timesteps)."""
     timestep_scaling: float = 1e6
     """LCM boundary condition's timestep scaling, trained with and exported to LCMScheduler (huge: identity)."""
 
@@ -90,27 +93,22 @@ class DMD2Config:
     def resolved_original_steps(self) -> int:
         return self.original_steps or self.student_steps
 
+    def check(self, path: str) -> None:
+        """UserErrors naming the key for out-of-range settings (the timestep ranges check themselves)."""
+        for name, low in (("fake_updates", 1), ("student_steps", 1), ("fake_lora_rank", 0), ("regression_weight", 0),
+                          ("regression_pairs", 1), ("regression_teacher_steps", 1), ("gan_weight", 0),
+                          ("gan_head_channels", 1)):
+            check_range(key_path(path, name), getattr(self, name), low)
+        check_range(key_path(path, "original_steps"), self.resolved_original_steps, self.student_steps,
+                    MAX_ORIGINAL_STEPS)
+        check_choice(key_path(path, "fake_loss_weighting"), self.fake_loss_weighting, ("x0", "eps", "v", "min_snr"))
 
-def check_config(config: DMD2Config) -> None:
-    """Raise a one-line UserError for out-of-range settings."""
-    check_range("dmd2.fake_updates", config.fake_updates, 1)
-    check_range("dmd2.student_steps", config.student_steps, 1)
-    check_range("dmd2.original_steps", config.resolved_original_steps, config.student_steps, REFERENCE_TIMESTEPS)
-    check_range("dmd2.t_min", config.t_min, 0, REFERENCE_TIMESTEPS - 1)
-    check_range("dmd2.t_max", config.t_max, config.t_min, REFERENCE_TIMESTEPS - 1)
-    check_range("dmd2.gan_t_max", config.gan_t_max, 0, REFERENCE_TIMESTEPS - 1)
-    check_range("dmd2.fake_lora_rank", config.fake_lora_rank, 0)
-    check_range("dmd2.regression_weight", config.regression_weight, 0)
-    check_range("dmd2.regression_pairs", config.regression_pairs, 1)
-    check_range("dmd2.regression_teacher_steps", config.regression_teacher_steps, 1)
-    check_range("dmd2.gan_weight", config.gan_weight, 0)
-    check_range("dmd2.gan_head_channels", config.gan_head_channels, 1)
-    check_choice("dmd2.fake_loss_weighting", config.fake_loss_weighting, ("x0", "eps", "v", "min_snr"))
-
-
-def scaled_timestep(t: int, num_train_timesteps: int) -> int:
-    """A timestep on the 1000-step reference scale, as the nearest timestep of a T-step schedule."""
-    return min(num_train_timesteps - 1, round(t * num_train_timesteps / REFERENCE_TIMESTEPS))
+    def build(self, model: TextToImageModel, first_batch: Callable[[], DistillBatch]) -> BoundRecipe:
+        """The DMD2 recipe on ``model`` (``first_batch()`` gives the regression pairs' prompts, if any)."""
+        recipe = DMD2Recipe(model, self, first_batch() if self.regression_weight > 0 else None)
+        sampling = StudentSampling("lcm", self.resolved_original_steps, self.timestep_scaling)
+        return BoundRecipe(recipe, recipe.models.student_unet, sampling, self.resolved_original_steps,
+                           self.student_steps, 0.0)
 
 
 # --- DMD v1's regression pairs --------------------------------------------------------------------
@@ -183,26 +181,25 @@ def device_generator(generator: torch.Generator, device: torch.device) -> torch.
 
 
 class DMD2Recipe:
-    """DMD2 on a ``TeacherStudent``; phases ``fake_score`` (``fake_updates`` times) then ``generator``.
+    """DMD2 distilling ``model``; phases ``fake_score`` (``fake_updates`` times) then ``generator``.
 
     ``regression_prompts`` (needed when ``regression_weight > 0``) are the prompts of the regression
     pairs; ``batch.latents`` (real data) are needed when ``gan_weight > 0``.
     """
 
-    def __init__(self, models: TeacherStudent, config: DMD2Config, regression_prompts: DistillBatch | None = None):
-        check_config(config)
-        self.models, self.config = models, config
-        T = len(models.alphas_cumprod)
-        self.fake_unet = make_fake_score(models.teacher_unet, config.fake_lora_rank)
-        self.student = LCMBoundaryDenoiser(models.student(), config.timestep_scaling)
-        self.fake = VPDenoiser(self.fake_unet, models.alphas_cumprod, models.prediction)
-        self.schedule = LCMSchedule(models.alphas_cumprod, config.resolved_original_steps)
+    def __init__(self, model: TextToImageModel, config: DMD2Config, regression_prompts: DistillBatch | None = None):
+        check_config(config, config.KIND)
+        self.models, self.config = TeacherStudent(model), config
+        T = model.num_train_timesteps
+        self.fake_unet = make_fake_score(self.models.teacher_unet, config.fake_lora_rank)
+        self.student = self.models.student(boundary=config.timestep_scaling)
+        self.fake = model.denoiser(network=self.fake_unet)
+        self.schedule = LCMSchedule(model.alphas_cumprod, config.resolved_original_steps)
         self.student_sigmas = self.schedule.sigmas(config.student_steps)
-        sigmas = models.train_sigmas
-        self.dm_sigmas = UniformTimestepSampler(sigmas, scaled_timestep(config.t_min, T),
-                                                scaled_timestep(config.t_max, T))
+        sigmas = model.train_sigmas
+        self.dm_sigmas = UniformTimestepSampler(sigmas, *config.timesteps.indices(T))
         self.fake_sigmas = UniformTimestepSampler(sigmas)
-        self.gan_sigmas = UniformTimestepSampler(sigmas, 0, scaled_timestep(config.gan_t_max, T))
+        self.gan_sigmas = UniformTimestepSampler(sigmas, *config.gan_timesteps.indices(T))
         self.gan_head = None
         if config.gan_weight > 0:
             self.gan_head = GANHead(bottleneck_channels(self.fake_unet), config.gan_head_channels)
@@ -210,7 +207,7 @@ class DMD2Recipe:
         if config.regression_weight > 0:
             if regression_prompts is None:
                 raise UserError("dmd2.regression_weight > 0 needs prompts for the regression pairs")
-            self.pairs = teacher_ode_pairs(models, regression_prompts, config)
+            self.pairs = teacher_ode_pairs(self.models, regression_prompts, config)
 
     @property
     def student_timesteps(self) -> np.ndarray:
@@ -238,7 +235,7 @@ class DMD2Recipe:
     def ema_module(self) -> str | None:
         return "student"
 
-    def after_update(self, phase: str, step: int) -> None:
+    def after_update(self, update: Update) -> None:
         """Nothing: the trainer keeps the student's EMA; the fake score follows no target."""
 
     def loss(self, batch: DistillBatch, phase: str, step: int, generator: torch.Generator) -> Loss:

@@ -1,9 +1,11 @@
-"""What every step-distillation recipe works with: a frozen teacher UNet, a trainable student UNet, their
-shared VP schedule, and batches of encoded prompts (plus real latents where a recipe wants data).
+"""What every step-distillation recipe works with: the teacher's ``TextToImageModel``, a trainable student
+network, and batches of encoded prompts (plus real latents where a recipe wants data).
 
-Recipes stay in canonical units: ``teacher()`` and ``student()`` are ``VPDenoiser``s, and the student's
-few-step timesteps come from ``LCMSchedule`` (what the exported LCMScheduler will visit) or, for
-progressive distillation, ``DiscreteVPSchedule`` with trailing spacing (what DDIMScheduler will visit).
+Recipes receive the model, not its parts: every network (teacher, student, fake score, a stage teacher) gets its
+denoiser from ``model.denoiser(network=...)``, so each runs on the teacher's schedule and prediction type.
+Recipes stay in canonical units; the student's few-step timesteps come from ``LCMSchedule`` (what the exported
+LCMScheduler will visit) or, for progressive distillation, ``DiscreteVPSchedule`` with trailing spacing (what
+DDIMScheduler will visit).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gendistill.diffusion.adapters import VPDenoiser
+from gendistill.backends.text_to_image import Boundary, TextToImageModel
 from gendistill.diffusion.denoiser import TextCondition
 from gendistill.diffusion.guidance import CFGDenoiser
-from gendistill.diffusion.schedules import vp_sigmas_from_alphas_cumprod
+from gendistill.errors import UserError
 
 
 @dataclass
@@ -38,42 +40,47 @@ class DistillBatch:
 
 
 class TeacherStudent:
-    """A frozen teacher UNet and a trainable student UNet on the same VP schedule.
+    """The teacher ``model`` (its network frozen) and a trainable student network on its schedule.
 
-    The student starts as a copy of the teacher (``student_unet=None``), or is the caller's module
+    The student starts as a copy of the teacher's network (``student_unet=None``), or is the caller's module
     (e.g. the teacher with peft LoRA adapters, or a UNet with a guidance embedding).
     """
 
-    def __init__(self, teacher_unet: nn.Module, alphas_cumprod: Tensor, prediction: str = "epsilon",
-                 student_unet: nn.Module | None = None, latent_shape: tuple[int, int, int] | None = None):
-        self.teacher_unet = teacher_unet.eval().requires_grad_(False)
-        self.student_unet = student_unet if student_unet is not None else copy.deepcopy(teacher_unet)
+    def __init__(self, model: TextToImageModel, student_unet: nn.Module | None = None):
+        if model.family != "vp":
+            raise UserError("step distillation needs a UNet teacher (Stable Diffusion 1.x/2.x/XL-style)")
+        self.model = model
+        self.teacher_unet = model.network.eval().requires_grad_(False)
+        self.student_unet = student_unet if student_unet is not None else copy.deepcopy(self.teacher_unet)
         self.student_unet.train().requires_grad_(True)
-        self.alphas_cumprod = alphas_cumprod
-        self.prediction = prediction
-        if latent_shape is None:
-            cfg = teacher_unet.config
-            latent_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        self.latent_shape = latent_shape
+        cfg = self.teacher_unet.config
+        self.latent_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.model.alphas_cumprod
 
     @property
     def train_sigmas(self) -> Tensor:
         """Sigma of each training timestep, (T,), float64."""
-        return vp_sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        return self.model.train_sigmas
 
     @property
     def sigma_max(self) -> float:
         return float(self.train_sigmas[-1])
 
-    def teacher(self) -> VPDenoiser:
-        return VPDenoiser(self.teacher_unet, self.alphas_cumprod, self.prediction)
+    def teacher(self) -> nn.Module:
+        """The teacher's own denoiser (``model.denoiser()``)."""
+        return self.model.denoiser()
 
     def teacher_cfg(self, batch: DistillBatch, scale: float) -> CFGDenoiser:
         """The teacher with classifier-free guidance against the empty prompt."""
         return CFGDenoiser(self.teacher(), batch.uncond, scale)
 
-    def student(self, timestep_cond: Tensor | None = None) -> VPDenoiser:
-        return VPDenoiser(self.student_unet, self.alphas_cumprod, self.prediction, timestep_cond)
+    def student(self, guidance: float | Tensor = 1.0, boundary: Boundary = None) -> nn.Module:
+        """The student network's denoiser on the teacher's schedule (``guidance`` is embedded if it has a
+        w-embedding; ``boundary`` is LCM's boundary condition, none by default)."""
+        return self.model.denoiser(guidance, network=self.student_unet, boundary=boundary)
 
     def noise(self, batch_size: int, generator: torch.Generator, device=None) -> Tensor:
         """Standard normal latents of the student's shape, drawn from ``generator``."""

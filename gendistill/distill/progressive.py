@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from gendistill.diffusion.adapters import VPDenoiser
+from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.diffusion.denoiser import Denoiser, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.samplers import ddim_step, initial_scale
 from gendistill.diffusion.schedules import DiscreteVPSchedule
+from gendistill.distill.export import StudentSampling
 from gendistill.distill.models import DistillBatch, TeacherStudent
-from gendistill.errors import UserError
-from gendistill.recipe import Loss, Phase
+from gendistill.distill.recipes import BoundRecipe
+from gendistill.errors import UserError, check_range, key_path
+from gendistill.recipe import Loss, Phase, Update
 
 Target = Literal["x0", "v"]
 Weighting = Literal["truncated_snr", "snr_plus_one"]
@@ -58,23 +61,26 @@ class ProgressiveConfig:
 
     def student_steps(self) -> list[int]:
         """The student's DDIM steps in each stage, e.g. [16, 8, 4] for 32 -> 4."""
-        check_progressive_config(self)
+        self.check(self.KIND)
         return [self.start_steps >> (k + 1) for k in range(int(math.log2(self.start_steps // self.final_steps)))]
 
+    def check(self, path: str) -> None:
+        """UserErrors naming the key unless the steps form a halving chain and the choices are known."""
+        start, final = self.start_steps, self.final_steps
+        if final < 1 or start <= final or start % final or (start // final) & (start // final - 1):
+            raise UserError(f"{key_path(path, 'start_steps')} must be {key_path(path, 'final_steps')} times a power "
+                            f"of two >= 2 (e.g. 32 -> 4), got start_steps={start}, final_steps={final}")
+        check_range(key_path(path, "steps_per_stage"), self.steps_per_stage, 1)
+        for name, allowed in (("target", get_args(Target)), ("weighting", get_args(Weighting)),
+                              ("data", ("latents", "teacher"))):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise UserError(f"{key_path(path, name)} must be one of {', '.join(allowed)}, got {value!r}")
 
-def check_progressive_config(config: ProgressiveConfig) -> None:
-    """Raise a one-line UserError unless the steps form a halving chain and the choices are known."""
-    start, final = config.start_steps, config.final_steps
-    if final < 1 or start <= final or start % final or (start // final) & (start // final - 1):
-        raise UserError(f"progressive: start_steps must be final_steps times a power of two >= 2 "
-                        f"(e.g. 32 -> 4), got start_steps={start}, final_steps={final}")
-    if config.steps_per_stage < 1:
-        raise UserError(f"progressive: steps_per_stage must be >= 1, got {config.steps_per_stage}")
-    for name, value, allowed in (("target", config.target, get_args(Target)),
-                                 ("weighting", config.weighting, get_args(Weighting)),
-                                 ("data", config.data, ("latents", "teacher"))):
-        if value not in allowed:
-            raise UserError(f"progressive: {name} must be one of {', '.join(allowed)}, got {value!r}")
+    def build(self, model: TextToImageModel, first_batch: Callable[[], DistillBatch] | None = None) -> BoundRecipe:
+        """The progressive recipe on ``model``; its student is exported for trailing DDIM."""
+        recipe = ProgressiveRecipe(model, self)
+        return BoundRecipe(recipe, recipe.models.student_unet, StudentSampling("ddim"), 1000, self.final_steps, 0.0)
 
 
 # --- grids ----------------------------------------------------------------------------------------
@@ -198,22 +204,22 @@ class StageCounter(nn.Module):
 
 
 class ProgressiveRecipe:
-    """Progressive distillation of ``models.teacher_unet`` into ``models.student_unet``.
+    """Progressive distillation of ``model``'s network into a student (a copy of it, or ``student``).
 
     One phase, "student". Modules checkpointed: the student, the current stage teacher (a frozen copy of
     the student taken when its stage began; unused in stage 0, whose teacher is the real guided teacher)
     and the stage counter. The real teacher is frozen and not checkpointed: it is reloaded from its source.
     """
 
-    def __init__(self, models: TeacherStudent, config: ProgressiveConfig):
-        self.models, self.config = models, config
+    def __init__(self, model: TextToImageModel, config: ProgressiveConfig, student: nn.Module | None = None):
+        self.models, self.config = TeacherStudent(model, student), config
         self.stage_steps = config.student_steps()
-        self.grids = [stage_grids(models.alphas_cumprod, n) for n in self.stage_steps]
-        self.stage_teacher_unet = copy.deepcopy(models.student_unet).eval().requires_grad_(False)
+        self.grids = [stage_grids(model.alphas_cumprod, n) for n in self.stage_steps]
+        self.stage_teacher_unet = copy.deepcopy(self.models.student_unet).eval().requires_grad_(False)
         self.counter = StageCounter()
-        self.student = models.student()
-        self.teacher = models.teacher()
-        self.previous_student = VPDenoiser(self.stage_teacher_unet, models.alphas_cumprod, models.prediction)
+        self.student = self.models.student()
+        self.teacher = self.models.teacher()
+        self.previous_student = model.denoiser(network=self.stage_teacher_unet, boundary=None)
 
     # --- stages --------------------------------------------------------------------------------------
 
@@ -268,7 +274,7 @@ class ProgressiveRecipe:
     def ema_module(self) -> str | None:
         return "student"
 
-    def after_update(self, phase: str, step: int) -> None:
+    def after_update(self, update: Update) -> None:
         pass
 
     def loss(self, batch: DistillBatch, phase: str, step: int, generator: torch.Generator) -> Loss:

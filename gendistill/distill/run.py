@@ -23,11 +23,12 @@ from gendistill.distill.config import DistillConfig
 from gendistill.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
 from gendistill.distill.export import export_student, student_scheduler
 from gendistill.distill.model_card import write_model_card
-from gendistill.distill.recipes import BoundRecipe, bind_recipe
+from gendistill.distill.recipes import BoundRecipe
 from gendistill.distill.report import DistillReport, final_report
 from gendistill.errors import UserError
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
+from gendistill.run_dir import prepare_out_dir
 from gendistill.train.trainer import Trainer, step_generator
 
 
@@ -63,16 +64,13 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
                 command: str | None = None) -> DistillResult:
     """Train, export ``out_dir/pipeline`` with its model card, and (on the shapes world) measure teacher vs
     student; ``command`` is recorded in the card."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_out_dir(out_dir)
     save_config(config, out_dir / "config.yaml")
     teacher = TextToImageModel(load_pipeline(config.teacher, device=pick_device(config.device)))
     if teacher.family != "vp":
         raise UserError("step distillation needs a UNet teacher (Stable Diffusion 1.x/2.x/XL-style)")
     batches = make_batches(config, teacher)
-    bound = bind_recipe(config.recipe, teacher.pipe.unet, teacher.alphas_cumprod,
-                        teacher.config.get("prediction_type", "epsilon"),
-                        lambda: batches(0, step_generator(config.trainer.seed, -1)))
+    bound = config.recipe.build(teacher, lambda: batches(0, step_generator(config.trainer.seed, -1)))
     eval_fn = _eval_fn(config, teacher, bound, out_dir / "samples") if _evaluates(config) else None
     trainer = Trainer(bound.recipe, config.trainer, out_dir, batches, eval_fn, progress=progress)
     result = trainer.fit(resume=resume)

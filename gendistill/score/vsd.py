@@ -1,9 +1,9 @@
 """Variational score distillation (ProlificDreamer, Wang et al. 2023).
 
 The gradient is DMD's: ``grad = w(t) (eps_real - eps_fake) = w(t) dm_gradient(x0, real_x0, fake_x0, sigma,
-"sds")``, with the real score the teacher with CFG and the fake score a LoRA copy of the teacher
-that a second call, ``fake_score_step``, trains on the current renders (detached) with the standard denoising
-loss. Several particles are simply several scenes in the batch.
+"sds")``, with the real score the teacher with CFG and the fake score a LoRA copy of the teacher that the
+guidance's extra phase ``fake_score`` (``extra_phases``, ``phase_loss``) trains on the current renders
+(detached) with the standard denoising loss. Several particles are simply several scenes in the batch.
 
 The fake score is conditioned on the camera, as ProlificDreamer does (it feeds the flattened 4x4 camera-to-
 world matrix through a 2-layer MLP into the UNet's class embedding). Here the MLP's output is *added to the
@@ -13,7 +13,8 @@ own calls. That works for every ``UNet2DConditionModel`` (the teacher needs no c
 score starts *exactly* equal to the teacher (ProlificDreamer's does not).
 
 The fake network is ``make_fake_score`` (``gendistill.backends.lora``, shared with DMD2): the same frozen teacher copy
-with zero-initialised LoRA on the attention projections (or a full trainable copy for rank 0).
+with zero-initialised LoRA on the attention projections (or a full trainable copy for rank 0); its denoiser is
+the model's own (``model.denoiser(network=...)``: schedule, prediction type, LCM boundary condition).
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from typing import ClassVar, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from gendistill.backends.lora import make_fake_score
 from gendistill.backends.text_to_image import TextToImageModel
-from gendistill.diffusion.adapters import LCMBoundaryDenoiser, VPDenoiser
+from gendistill.config import check_config
 from gendistill.diffusion.denoiser import TextCondition
 from gendistill.diffusion.losses import denoising_loss, dm_gradient
 from gendistill.diffusion.schedules import UniformTimestepSampler
-from gendistill.backends.lora import make_fake_score
-from gendistill.errors import UserError, check_choice, check_range
-from gendistill.score.guidance import (WEIGHTINGS, GuidanceOutput, Teacher, Weighting, check_batch, randn,
-                                       weighted)
-from gendistill.score.policies import TimestepPolicy, UniformRange
-from gendistill.recipe import Loss
+from gendistill.diffusion.timesteps import TimestepPolicy, TimestepRange
+from gendistill.errors import UserError, check_choice, check_range, key_path
+from gendistill.recipe import Loss, Phase
+from gendistill.score.base import WEIGHTINGS, GuidanceOutput, Weighting, check_batch, no_phase, randn, weighted
+from gendistill.score.teacher import Teacher
 
 FakeWeighting = Literal["x0", "eps", "v", "min_snr"]
 
@@ -56,9 +57,19 @@ class VSDConfig:
     """Weighting of the fake score's denoising loss ("eps": the usual epsilon MSE, as ProlificDreamer)."""
     weighting: Weighting = "sds"
     """w(t): "sds" (1 - abar_t), "uniform" (1) or "snr" (sigma_t)."""
-    timesteps: TimestepPolicy = field(default_factory=UniformRange)
+    timesteps: TimestepPolicy = field(default_factory=TimestepRange)
     """Timesteps of the gradient (ProlificDreamer anneals t_max from 0.98 to 0.5: AnnealedMax). The fake
     score trains on all timesteps."""
+
+    def check(self, path: str) -> None:
+        check_range(key_path(path, "lora_rank"), self.lora_rank, 0)
+        check_range(key_path(path, "camera_dim"), self.camera_dim, 0)
+        check_choice(key_path(path, "weighting"), self.weighting, WEIGHTINGS)
+        check_choice(key_path(path, "fake_loss_weighting"), self.fake_loss_weighting, ("x0", "eps", "v", "min_snr"))
+
+    def build(self, model: TextToImageModel) -> VSD:
+        """VSD with ``model`` (a UNet pipeline) as the teacher and a LoRA copy of it as the fake score."""
+        return VSD(model, self)
 
 
 @dataclass(frozen=True)
@@ -110,14 +121,6 @@ def added_time_embedding(unet: nn.Module, embedding: Tensor | None):
         handle.remove()
 
 
-def denoiser_on(model: TextToImageModel, unet: nn.Module) -> nn.Module:
-    """The model's own denoiser structure (VP adapter, LCM boundary condition, w-embedding) on ``unet``."""
-    own = model.denoiser()
-    inner = own.inner if isinstance(own, LCMBoundaryDenoiser) else own
-    denoiser = VPDenoiser(unet, model.alphas_cumprod, inner.prediction, inner.timestep_cond)
-    return LCMBoundaryDenoiser(denoiser, own.timestep_scaling) if isinstance(own, LCMBoundaryDenoiser) else denoiser
-
-
 class FakeScore(nn.Module):
     """``D_fake(x, sigma, CameraCondition)``: the teacher's denoiser on the fake UNet, plus the camera."""
 
@@ -139,24 +142,21 @@ class FakeScore(nn.Module):
 
 
 class VSD:
-    """ProlificDreamer's VSD. ``gradient`` is the generator's step; ``fake_score_step`` the fake score's, whose
-    parameters (``fake_parameters()``) the caller's optimiser updates (ProlificDreamer: one each per step)."""
+    """ProlificDreamer's VSD. ``gradient`` is the scene's step; the extra phase ``fake_score`` (``phase_loss``)
+    is the fake score's, whose parameters the caller's optimiser updates (ProlificDreamer: one each per step)."""
 
     def __init__(self, model: TextToImageModel, config: VSDConfig):
         if model.family != "vp":
             raise UserError("vsd needs a UNet (VP) teacher for its LoRA fake score; use sds, csd or npg with "
                             "flow-matching pipelines")
-        check_range("vsd.lora_rank", config.lora_rank, 0)
-        check_range("vsd.camera_dim", config.camera_dim, 0)
-        check_choice("vsd.weighting", config.weighting, WEIGHTINGS)
-        check_choice("vsd.fake_loss_weighting", config.fake_loss_weighting, ("x0", "eps", "v", "min_snr"))
+        check_config(config, config.KIND)
         self.teacher, self.config = Teacher(model), config
         self.fake_unet = make_fake_score(model.network, config.lora_rank)
         self.camera = None
         if config.camera_dim > 0:
             self.camera = CameraEmbedding(config.camera_dim, time_embed_dim(self.fake_unet))
             self.camera.to(model.network.device)
-        self.fake = FakeScore(denoiser_on(model, self.fake_unet), self.fake_unet, self.camera)
+        self.fake = FakeScore(model.denoiser(network=self.fake_unet), self.fake_unet, self.camera)
         self.fake_sigmas = UniformTimestepSampler(self.teacher.train_sigmas)
 
     def fake_parameters(self) -> list[nn.Parameter]:
@@ -164,7 +164,18 @@ class VSD:
         params = [p for p in self.fake_unet.parameters() if p.requires_grad]
         return params + ([] if self.camera is None else list(self.camera.parameters()))
 
-    def fake_modules(self) -> dict[str, nn.Module]:
+    def extra_phases(self) -> list[Phase]:
+        """One: ``fake_score``, the LoRA (or the full copy) and the camera MLP."""
+        return [Phase("fake_score", self.fake_parameters())]
+
+    def phase_loss(self, name: str, images: Tensor, prompts: Sequence[str], camera_features: Tensor | None,
+                   generator: torch.Generator) -> Loss:
+        """The ``fake_score`` phase's loss (``fake_score_step``)."""
+        if name != "fake_score":
+            raise no_phase("vsd", name)
+        return self.fake_score_step(images, prompts, camera_features, generator)
+
+    def modules(self) -> dict[str, nn.Module]:
         """The fake score's state, by name, for checkpoints."""
         modules = {"fake_score": self.fake_unet}
         if self.camera is not None:
@@ -172,17 +183,17 @@ class VSD:
         return modules
 
     def gradient(self, images: Tensor, prompts: Sequence[str], step: int, total_steps: int,
-                 generator: torch.Generator, cameras: Tensor | None = None) -> GuidanceOutput:
+                 generator: torch.Generator, camera_features: Tensor | None = None) -> GuidanceOutput:
         c = self.config
         latents, noised = self.teacher.prepare(images, prompts, c.timesteps, step, total_steps, generator)
         cond = self.teacher.conditions(prompts)
         with torch.no_grad():
             real = self.teacher.guided(len(prompts), c.guidance_scale)(noised.x, noised.sigma, cond)
-            fake = self.fake(noised.x, noised.sigma, CameraCondition(cond, cameras))
+            fake = self.fake(noised.x, noised.sigma, CameraCondition(cond, camera_features))
         grad = dm_gradient(latents, real, fake, noised.sigma, weighting="sds")
         return self.teacher.output(latents, weighted(grad, noised.sigma, c.weighting), noised, {})
 
-    def fake_score_step(self, images: Tensor, prompts: Sequence[str], cameras: Tensor | None,
+    def fake_score_step(self, images: Tensor, prompts: Sequence[str], camera_features: Tensor | None,
                         generator: torch.Generator) -> Loss:
         """The fake score's denoising loss on the renders (detached), at timesteps uniform over all of T;
         timesteps first, then noise, from ``generator``."""
@@ -191,6 +202,6 @@ class VSD:
             x0 = self.teacher.encode(images.detach())
         sigma = self.fake_sigmas(x0.shape[0], generator).to(device=x0.device, dtype=x0.dtype)
         noise = randn(x0.shape, generator, x0)
-        cond = CameraCondition(self.teacher.conditions(prompts), cameras)
+        cond = CameraCondition(self.teacher.conditions(prompts), camera_features)
         loss = denoising_loss(self.fake, x0, sigma, noise, cond, weighting=self.config.fake_loss_weighting)
         return Loss(loss, {"fake_denoise": loss.item()})

@@ -17,9 +17,10 @@ from gendistill.distill.consistency import (LCMConfig, LCMRecipe, SkippingSteps,
 from gendistill.backends.lora import has_lora, lora_student, merge_lora, save_lora
 from gendistill.distill.models import DistillBatch
 from gendistill.errors import UserError
+from gendistill.recipe import Loss, Update
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.trainer import Trainer
-from tiny_pipelines import SD_SCHEDULER, tiny_sd_pipeline, tiny_unet
+from tiny_pipelines import SD_SCHEDULER, tiny_sd_pipeline, tiny_unet, unet_model
 
 AC = DDIMScheduler(**SD_SCHEDULER).alphas_cumprod
 SIGMAS = vp_sigmas_from_alphas_cumprod(AC)
@@ -38,8 +39,14 @@ def make_batch(n=3, seed=1):
 
 
 def make_recipe(seed=0, prediction="epsilon", **config):
+    model = unet_model(teacher(seed), prediction)
     torch.manual_seed(seed + 100)  # LoRA A init
-    return LCMRecipe.from_teacher(teacher(seed), AC, prediction, LCMConfig(**config))
+    return LCMRecipe(model, LCMConfig(**config))
+
+
+def update(phase="student", step=0):
+    """What the trainer tells ``after_update`` after an optimizer step (the LCM target reads nothing of it)."""
+    return Update(phase, step, {}, Loss(torch.zeros(())))
 
 
 def perturb(module, scale=0.05, seed=7):
@@ -120,14 +127,14 @@ def test_ema_target_with_decay_zero_is_a_copy_and_decay_mixes():
         before = recipe.consistency_fn(recipe.target_unet, w)(x, sigma, batch.cond)
         online = recipe.consistency_fn(recipe.models.student_unet, w)(x, sigma, batch.cond)
         assert not torch.allclose(before, online)
-        recipe.after_update("student", 0)
+        recipe.after_update(update())
         after = recipe.consistency_fn(recipe.target_unet, w)(x, sigma, batch.cond)
     assert torch.equal(after, online)
 
     half = make_recipe(target_ema=0.5)
     old = [p.clone() for p in half.target_unet.parameters()]
     perturb(half.models.student_unet)
-    half.after_update("student", 0)
+    half.after_update(update())
     for t, s, o in zip(half.target_unet.parameters(), half.models.student_unet.parameters(), old):
         assert torch.allclose(t, 0.5 * o + 0.5 * s, atol=1e-7)
 
@@ -162,12 +169,14 @@ def test_lora_student_starts_as_the_teacher_and_trains_only_adapters():
 def test_config_checks_and_loads():
     cfg = from_dict(LCMConfig, {"kind": "lcm", "guidance": "fixed", "lora_rank": 8, "lora_alpha": 16})
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.guidance) == (8, 16.0, "fixed")
-    with pytest.raises(UserError, match="guidance 'fixed'"):
-        from_dict(LCMConfig, {"lora_rank": 8})
+    with pytest.raises(UserError, match="recipe.lora_rank > 0 needs recipe.guidance 'fixed'"):
+        from_dict(LCMConfig, {"lora_rank": 8}, "recipe")
     with pytest.raises(UserError, match="unknown config key 'huber'"):
         from_dict(LCMConfig, {"huber": 0.1})
     with pytest.raises(UserError, match="w_min"):
-        LCMConfig(w_min=9.0, w_max=3.0)
+        LCMConfig(w_min=9.0, w_max=3.0).check("lcm")
+    with pytest.raises(UserError, match="lcm.w_min"):  # a recipe checks a config built by hand
+        make_recipe(w_min=9.0, w_max=3.0)
 
 
 def test_pseudo_huber_closed_form():

@@ -12,12 +12,13 @@ from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.schedules import DiscreteVPSchedule
 from gendistill.distill.dmd import DMD2Config, DMD2Recipe
 from gendistill.distill.dmd_gan import frozen, generator_gan_loss
-from gendistill.distill.models import DistillBatch, TeacherStudent
+from gendistill.diffusion.timesteps import TimestepRange
+from gendistill.distill.models import DistillBatch
 from gendistill.errors import UserError
 from gendistill.train.checkpoint import latest_checkpoint
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.trainer import Trainer
-from tiny_pipelines import SD_SCHEDULER, tiny_unet
+from tiny_pipelines import SD_SCHEDULER, tiny_unet, unet_model
 
 ALPHAS_CUMPROD = DDIMScheduler(**SD_SCHEDULER).alphas_cumprod
 _g = torch.Generator().manual_seed(123)
@@ -25,9 +26,10 @@ PROMPT_EMBEDS = torch.randn(4, 5, 32, generator=_g)
 REAL_LATENTS = 0.5 * torch.randn(4, 4, 8, 8, generator=_g)
 
 
-def tiny_models(seed=0):
+def tiny_model(seed=0):
+    """The teacher: a tiny UNet on Stable Diffusion's schedule."""
     torch.manual_seed(seed)
-    return TeacherStudent(tiny_unet(), ALPHAS_CUMPROD)
+    return unet_model(tiny_unet())
 
 
 def batch_fn(step, generator, size=2):
@@ -47,12 +49,12 @@ def grads(module):
 @pytest.mark.parametrize("lora_rank,steps", [(0, 1), (4, 2)])
 def test_dm_gradient_is_exactly_zero_when_the_fake_score_equals_the_real_one(lora_rank, steps):
     """Fake initialised from the teacher (LoRA's B starts at 0) and no CFG: real == fake bit for bit."""
-    recipe = DMD2Recipe(tiny_models(), DMD2Config(guidance_scale=1.0, fake_lora_rank=lora_rank, student_steps=steps))
+    recipe = DMD2Recipe(tiny_model(), DMD2Config(guidance_scale=1.0, fake_lora_rank=lora_rank, student_steps=steps))
     loss = recipe.loss(fixed_batch(), "generator", 0, torch.Generator().manual_seed(1))
     loss.total.backward()
     assert loss.total.item() == 0.0 and loss.terms["dm_grad"] == 0.0
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads(recipe.models.student_unet))
-    guided = DMD2Recipe(tiny_models(), DMD2Config(guidance_scale=3.0, fake_lora_rank=lora_rank, student_steps=steps))
+    guided = DMD2Recipe(tiny_model(), DMD2Config(guidance_scale=3.0, fake_lora_rank=lora_rank, student_steps=steps))
     assert guided.loss(fixed_batch(), "generator", 0, torch.Generator().manual_seed(1)).terms["dm_grad"] > 0
 
 
@@ -61,7 +63,7 @@ def test_the_student_samples_exactly_as_the_exported_lcm_scheduler(original_step
     """The recipe's student and sigmas, driven by the consistency sampler, reproduce a stock LCMScheduler
     loop (original_inference_steps=S, the config's timestep_scaling) on the same UNet and noise."""
     config = DMD2Config(student_steps=steps, original_steps=original_steps)
-    recipe = DMD2Recipe(tiny_models(), config)
+    recipe = DMD2Recipe(tiny_model(), config)
     unet, cond = recipe.models.student_unet, TextCondition(PROMPT_EMBEDS[:2])
     scheduler = LCMScheduler(**{**SD_SCHEDULER, "set_alpha_to_one": True}, timestep_scaling=config.timestep_scaling,
                              original_inference_steps=config.resolved_original_steps)
@@ -83,7 +85,7 @@ def test_training_evaluates_the_student_only_at_its_exported_timesteps():
     """Record every timestep the student UNet sees in both phases (backward simulation included)."""
     config = DMD2Config(student_steps=3, original_steps=6, regression_weight=1.0, regression_pairs=2,
                         regression_teacher_steps=2, gan_weight=1e-2, fake_updates=1)
-    recipe = DMD2Recipe(tiny_models(), config, regression_prompts=fixed_batch())
+    recipe = DMD2Recipe(tiny_model(), config, regression_prompts=fixed_batch())
     seen: list[float] = []
     recipe.models.student_unet.register_forward_pre_hook(lambda module, args: seen.extend(args[1].tolist()))
     for seed in range(6):
@@ -96,7 +98,7 @@ def test_training_evaluates_the_student_only_at_its_exported_timesteps():
 def test_phases_ratios_and_checkpointed_modules():
     config = DMD2Config(fake_updates=3, gan_weight=1e-3, regression_weight=0.5, regression_pairs=3,
                         regression_teacher_steps=2)
-    recipe = DMD2Recipe(tiny_models(), config, regression_prompts=fixed_batch())
+    recipe = DMD2Recipe(tiny_model(), config, regression_prompts=fixed_batch())
     fake, gen = recipe.phases()
     assert (fake.name, fake.updates_per_step, gen.name, gen.updates_per_step) == ("fake_score", 3, "generator", 1)
     expected_fake = {*map(id, recipe.fake_unet.parameters()), *map(id, recipe.gan_head.parameters())}
@@ -111,7 +113,7 @@ def test_phases_ratios_and_checkpointed_modules():
 def test_regression_pairs_are_the_guided_teachers_ddim_outputs():
     config = DMD2Config(regression_weight=1.0, regression_pairs=3, regression_teacher_steps=3, guidance_scale=2.0)
     prompts = fixed_batch()
-    recipe = DMD2Recipe(tiny_models(), config, regression_prompts=prompts)
+    recipe = DMD2Recipe(tiny_model(), config, regression_prompts=prompts)
     pairs = recipe.pairs
     sigmas = DiscreteVPSchedule(ALPHAS_CUMPROD, "trailing").sigmas(3)
     row = 2  # the third pair cycles back to the first prompt
@@ -125,7 +127,7 @@ def test_regression_pairs_are_the_guided_teachers_ddim_outputs():
 
 
 def test_lora_fake_score_trains_only_its_adapters():
-    recipe = DMD2Recipe(tiny_models(), DMD2Config(fake_lora_rank=2))
+    recipe = DMD2Recipe(tiny_model(), DMD2Config(fake_lora_rank=2))
     names = {id(p): n for n, p in recipe.fake_unet.named_parameters()}
     fake_phase = recipe.phases()[0]
     assert fake_phase.parameters and all("lora_" in names[id(p)] for p in fake_phase.parameters)
@@ -136,7 +138,7 @@ def test_lora_fake_score_trains_only_its_adapters():
 
 
 def test_gan_head_gradients_go_to_the_head_and_fake_score_only_in_the_fake_phase():
-    recipe = DMD2Recipe(tiny_models(), DMD2Config(gan_weight=1e-2, student_steps=2))
+    recipe = DMD2Recipe(tiny_model(), DMD2Config(gan_weight=1e-2, student_steps=2))
     batch, gen = fixed_batch(), torch.Generator().manual_seed(0)
     recipe.gan_logits(batch.latents, batch.cond, gen).sum().backward()  # the classifier's path alone
     assert all(g is not None and g.abs().sum() > 0 for g in grads(recipe.gan_head))
@@ -161,16 +163,16 @@ def test_gan_head_gradients_go_to_the_head_and_fake_score_only_in_the_fake_phase
 
 @pytest.mark.parametrize("config,message", [
     (DMD2Config(student_steps=4, original_steps=2), "original_steps"),
-    (DMD2Config(t_min=500, t_max=100), "t_max"),
+    (DMD2Config(timesteps=TimestepRange(0.5, 0.1)), "dmd2.timesteps.t_max"),
     (DMD2Config(regression_weight=1.0), "regression pairs"),
 ])
 def test_bad_settings_are_user_errors(config, message):
     with pytest.raises(UserError, match=message):
-        DMD2Recipe(tiny_models(), config)
+        DMD2Recipe(tiny_model(), config)
 
 
 def test_gan_needs_real_latents():
-    recipe = DMD2Recipe(tiny_models(), DMD2Config(gan_weight=1e-3))
+    recipe = DMD2Recipe(tiny_model(), DMD2Config(gan_weight=1e-3))
     batch = fixed_batch()
     batch.latents = None
     with pytest.raises(UserError, match="real latents"):
@@ -192,7 +194,7 @@ def weights(recipe):
 
 
 def test_trainer_steps_are_finite_follow_the_ratio_and_resume_exactly(tmp_path):
-    straight = DMD2Recipe(tiny_models(), full_config(), regression_prompts=fixed_batch())
+    straight = DMD2Recipe(tiny_model(), full_config(), regression_prompts=fixed_batch())
     calls = []
     loss = straight.loss
     straight.loss = lambda batch, phase, step, generator: calls.append(phase) or loss(batch, phase, step, generator)
@@ -203,9 +205,9 @@ def test_trainer_steps_are_finite_follow_the_ratio_and_resume_exactly(tmp_path):
     assert {"generator/dm", "generator/gan", "generator/regression", "fake_score/denoise", "fake_score/gan"} <= set(
         result.history[-1])
 
-    Trainer(DMD2Recipe(tiny_models(), full_config(), fixed_batch()), trainer_config(2), tmp_path / "b", batch_fn,
+    Trainer(DMD2Recipe(tiny_model(), full_config(), fixed_batch()), trainer_config(2), tmp_path / "b", batch_fn,
             progress=False).fit()
-    resumed = DMD2Recipe(tiny_models(seed=9), full_config(), fixed_batch())  # a fresh process, other init
+    resumed = DMD2Recipe(tiny_model(seed=9), full_config(), fixed_batch())  # a fresh process, other init
     Trainer(resumed, trainer_config(4), tmp_path / "b", batch_fn, progress=False).fit(resume=True)
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -217,7 +219,7 @@ def test_regression_term_falls_while_the_trainer_runs_every_term(tmp_path):
     """The trivially learnable part of the generator's loss: matching 2 stored teacher outputs from their noise.
     Measured on fixed draws before and after 8 trainer steps that also apply the DM gradient."""
     config = DMD2Config(fake_updates=1, regression_weight=10.0, regression_pairs=2, regression_teacher_steps=2)
-    recipe = DMD2Recipe(tiny_models(), config, regression_prompts=fixed_batch())
+    recipe = DMD2Recipe(tiny_model(), config, regression_prompts=fixed_batch())
 
     def regression():
         with torch.no_grad():
@@ -232,7 +234,7 @@ def test_regression_term_falls_while_the_trainer_runs_every_term(tmp_path):
 
 def test_fake_score_fits_the_students_samples():
     """A few fake-score updates on fixed draws (fixed student samples, sigmas, noise) reduce that loss."""
-    recipe = DMD2Recipe(tiny_models(), DMD2Config())
+    recipe = DMD2Recipe(tiny_model(), DMD2Config())
     optimizer = torch.optim.AdamW(recipe.phases()[0].parameters, lr=1e-3)
     losses = []
     for _ in range(6):

@@ -13,7 +13,7 @@ from gendistill.diffusion.gmm import GaussianMixture, GaussianMixtureDenoiser
 from gendistill.diffusion.samplers import initial_scale, sample_euler
 from gendistill.diffusion.samplers import ddim_step
 from gendistill.diffusion.schedules import vp_sigmas_from_alphas_cumprod
-from gendistill.distill.models import DistillBatch, TeacherStudent
+from gendistill.distill.models import DistillBatch
 from gendistill.distill.progressive import (
     ProgressiveConfig, ProgressiveRecipe, solve_x0_target, stage_grids, teacher_start,
     two_step_target, weighted_error,
@@ -21,7 +21,7 @@ from gendistill.distill.progressive import (
 from gendistill.errors import UserError
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.trainer import Trainer
-from tiny_pipelines import tiny_unet
+from tiny_pipelines import tiny_unet, unet_model
 
 
 def sd_alphas_cumprod(T=1000):
@@ -40,9 +40,23 @@ def mixture():
 
 
 def standin(module, shape=(3,)):
-    """A non-diffusers module made acceptable to TeacherStudent (which reads ``.config`` for its shape)."""
+    """A non-diffusers module made acceptable as a teacher network (its ``.config`` gives the latent shape)."""
     module.config = SimpleNamespace(in_channels=shape[0], sample_size=shape[-1])
     return module
+
+
+def betas_of(alphas_cumprod):
+    """The betas whose cumulative product of ``1 - beta`` is ``alphas_cumprod``."""
+    ac = alphas_cumprod.double()
+    return (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()
+
+
+def standin_model(module, alphas_cumprod=None, shape=(3,)):
+    """A ``TextToImageModel`` of a stand-in x0-predicting network on ``alphas_cumprod`` (SD's by default)."""
+    if alphas_cumprod is None:
+        return unet_model(standin(module, shape), "sample")
+    return unet_model(standin(module, shape), "sample", num_train_timesteps=len(alphas_cumprod),
+                      trained_betas=betas_of(alphas_cumprod))
 
 
 def index_on(grid, sigma, batch):
@@ -99,13 +113,12 @@ def test_recipe_loss_is_zero_for_the_exact_two_step_student(mixture):
     """The recipe's loss (random steps, noised data, sigma lookup, solved target) vanishes for a student
     that is the exact two-step map of the analytic teacher, at every weighting and target."""
     exact = GaussianMixtureDenoiser(mixture)
-    models = TeacherStudent(standin(nn.Linear(1, 1)), sd_alphas_cumprod(), "sample", nn.Linear(1, 1),
-                            latent_shape=(3,))
+    model = standin_model(nn.Linear(1, 1))
     for target in ("x0", "v"):
         for weighting in ("truncated_snr", "snr_plus_one"):
             config = ProgressiveConfig(start_steps=8, final_steps=2, steps_per_stage=5, guidance_scale=1.0,
                                        target=target, weighting=weighting)
-            recipe = ProgressiveRecipe(models, config)
+            recipe = ProgressiveRecipe(model, config, student=nn.Linear(1, 1))
             grids = recipe.grids[0]
             recipe.teacher = exact
             recipe.student = lambda x, s, c=None: two_step_target(exact, x, grids, index_on(grids.student, s, len(x)))
@@ -166,9 +179,9 @@ def test_grids_that_do_not_nest_are_a_clear_config_error():
         stage_grids(ac, 6)
     with pytest.raises(UserError, match="14-step teacher grid, but the schedule has only 13"):
         stage_grids(ac, 7)
-    models = TeacherStudent(standin(nn.Linear(1, 1)), ac, "sample", nn.Linear(1, 1), latent_shape=(3,))
+    model = standin_model(nn.Linear(1, 1), ac)
     with pytest.raises(UserError, match="does not contain"):  # raised before any training
-        ProgressiveRecipe(models, ProgressiveConfig(start_steps=12, final_steps=6))
+        ProgressiveRecipe(model, ProgressiveConfig(start_steps=12, final_steps=6))
 
 
 def test_config_chain_and_errors():
@@ -188,9 +201,9 @@ def test_config_chain_and_errors():
 
 def tiny_recipe(**overrides):
     torch.manual_seed(0)
-    models = TeacherStudent(tiny_unet(), sd_alphas_cumprod(), "epsilon")
+    model = unet_model(tiny_unet())
     config = dict(start_steps=16, final_steps=2, steps_per_stage=2, guidance_scale=3.0)
-    return ProgressiveRecipe(models, ProgressiveConfig(**{**config, **overrides}))
+    return ProgressiveRecipe(model, ProgressiveConfig(**{**config, **overrides}))
 
 
 def tiny_batch(step, generator, latents=True):
@@ -283,9 +296,9 @@ class ScaleNet(nn.Module):
 
 
 def test_a_learnable_toy_student_reduces_the_loss(tmp_path):
-    models = TeacherStudent(standin(ScaleNet(0.5), (4, 8, 8)), sd_alphas_cumprod(), "sample", ScaleNet(0.0),
-                            latent_shape=(4, 8, 8))
-    recipe = ProgressiveRecipe(models, ProgressiveConfig(start_steps=4, final_steps=2, steps_per_stage=40))
+    model = standin_model(ScaleNet(0.5), shape=(4, 8, 8))
+    recipe = ProgressiveRecipe(model, ProgressiveConfig(start_steps=4, final_steps=2, steps_per_stage=40),
+                               student=ScaleNet(0.0))
     cfg = TrainerConfig(steps=40, seed=0, checkpoint_every=0, log_every=1, grad_clip=None,
                         optimizers={"student": OptimizerConfig(lr=0.05)})
     history = Trainer(recipe, cfg, tmp_path, tiny_batch, progress=False).fit().history

@@ -14,10 +14,15 @@ from gendistill.config import from_dict, to_dict
 from gendistill.diffusion.adapters import LCMBoundaryDenoiser
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.errors import UserError
-from gendistill.score.guidance import (CSD, SDS, CSDConfig, NegativePromptGuidance, NPGConfig, SDSConfig,
-                                       encode_with_grad, guidance_from_model)
+from gendistill.config import check_config
+from gendistill.diffusion.ramps import LinearRamp
+from gendistill.diffusion.timesteps import AnnealedMax, Decreasing, TimestepRange
+from gendistill.score.csd import CSD, CSDConfig
+from gendistill.score.guidance import guidance_from_model
 from gendistill.score.image import ImageParams
-from gendistill.score.policies import AnnealedMax, Decreasing, LinearRamp, UniformRange
+from gendistill.score.npg import NegativePromptGuidance, NPGConfig
+from gendistill.score.sds import SDS, SDSConfig
+from gendistill.score.teacher import encode_with_grad
 from gendistill.score.vsd import VSD, VSDConfig
 from tiny_pipelines import tiny_sd3_pipeline, tiny_sd_pipeline, tiny_unet
 
@@ -80,7 +85,7 @@ def assert_close(actual, expected, rel=1e-4):
 def test_sds_gradient_is_w_times_guided_eps_minus_noise(pipe, model):
     """grad = (1 - abar_t) (eps_u + s (eps_c - eps_u) - eps), by hand from the UNet with the same draws."""
     x = images()
-    config = SDSConfig(guidance_scale=5.0, timesteps=UniformRange(0.1, 0.9))
+    config = SDSConfig(guidance_scale=5.0, timesteps=TimestepRange(0.1, 0.9))
     out = SDS(model, config).gradient(x, PROMPTS, 3, 10, torch.Generator().manual_seed(7))
     hand = ByHand(pipe, x, 7, 0.1, 0.9)
     eps_c, eps_u = hand.eps(PROMPTS), hand.eps(["", ""])
@@ -89,7 +94,7 @@ def test_sds_gradient_is_w_times_guided_eps_minus_noise(pipe, model):
     assert torch.allclose(out.sigma, ((1 - hand.abar) / hand.abar).sqrt().flatten(), rtol=1e-6)
     for weighting, factor in (("uniform", 1 / (1 - hand.abar)), ("snr", ((1 - hand.abar) / hand.abar).sqrt()
                                                                  / (1 - hand.abar))):
-        other = SDS(model, SDSConfig(guidance_scale=5.0, weighting=weighting, timesteps=UniformRange(0.1, 0.9)))
+        other = SDS(model, SDSConfig(guidance_scale=5.0, weighting=weighting, timesteps=TimestepRange(0.1, 0.9)))
         assert_close(other.gradient(x, PROMPTS, 3, 10, torch.Generator().manual_seed(7)).grad, factor * expected)
 
 
@@ -97,7 +102,7 @@ def test_csd_gradient_is_the_classifier_scores_alone(pipe, model):
     """grad = (1 - abar) [w_pos (eps_c - eps_u) - w_neg (eps_n - eps_u)]; zero when the prompt is the empty one."""
     x = images()
     config = CSDConfig(guidance_weight=2.0, negative_prompt=NEGATIVE, negative_weight=LinearRamp(1.0, 0.0, 0, 10),
-                       timesteps=UniformRange(0.2, 0.8))
+                       timesteps=TimestepRange(0.2, 0.8))
     out = CSD(model, config).gradient(x, PROMPTS, 5, 10, torch.Generator().manual_seed(3))
     hand = ByHand(pipe, x, 3, 0.2, 0.8)
     eps_c, eps_u, eps_n = hand.eps(PROMPTS), hand.eps(["", ""]), hand.eps([NEGATIVE] * 2)
@@ -111,7 +116,7 @@ def test_csd_gradient_is_the_classifier_scores_alone(pipe, model):
 def test_npg_is_humangaussians_formula(pipe, model, t_range):
     """Released HumanGaussian code: w [s (eps_c - eps_u) + (eps_u - eps_n) if t >= 200 else eps_u]."""
     x = images()
-    config = NPGConfig(guidance_scale=7.5, negative_prompt=NEGATIVE, timesteps=UniformRange(*t_range))
+    config = NPGConfig(guidance_scale=7.5, negative_prompt=NEGATIVE, timesteps=TimestepRange(*t_range))
     out = NegativePromptGuidance(model, config).gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(5))
     hand = ByHand(pipe, x, 5, *t_range)
     eps_c, eps_u, eps_n = hand.eps(PROMPTS), hand.eps(["", ""]), hand.eps([NEGATIVE] * 2)
@@ -159,26 +164,27 @@ def test_vsd_gradient_is_exactly_zero_while_the_fake_score_is_the_teacher_then_i
     steps on the renders train only the LoRA and the camera MLP, and make the fake score camera-dependent."""
     x, cams = images(), torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
     vsd = VSD(model, VSDConfig(guidance_scale=1.0, lora_rank=4))
-    out = vsd.gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2), cameras=cams)
+    out = vsd.gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2), camera_features=cams)
     assert torch.count_nonzero(out.grad) == 0 and out.loss.item() == 0.0
     guided = VSD(model, VSDConfig(guidance_scale=3.0)).gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2),
-                                                                cameras=cams)
+                                                                camera_features=cams)
     assert guided.terms["grad_norm"] > 0
 
-    params = vsd.fake_parameters()
-    optimizer = torch.optim.Adam(params, lr=1e-2)
+    (phase,) = vsd.extra_phases()
+    assert phase.name == "fake_score" and set(vsd.modules()) == {"fake_score", "camera_embedding"}
+    optimizer = torch.optim.Adam(phase.parameters, lr=1e-2)
     generator = torch.Generator().manual_seed(4)
     for _ in range(3):
         optimizer.zero_grad()
-        loss = vsd.fake_score_step(x, PROMPTS, cams, generator)
+        loss = vsd.phase_loss("fake_score", x, PROMPTS, cams, generator)
         loss.total.backward()
         assert torch.isfinite(loss.total)
         optimizer.step()
     assert all(p.grad is None for p in model.network.parameters())
     assert vsd.camera.net[2].weight.abs().sum() > 0
-    trained = vsd.gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2), cameras=cams)
+    trained = vsd.gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2), camera_features=cams)
     assert trained.terms["grad_norm"] > 0
-    other_cams = vsd.gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2), cameras=-cams)
+    other_cams = vsd.gradient(x, PROMPTS, 0, 10, torch.Generator().manual_seed(2), camera_features=-cams)
     assert not torch.allclose(trained.grad, other_cams.grad)
 
 
@@ -187,10 +193,10 @@ def test_vsd_gradient_is_exactly_zero_while_the_fake_score_is_the_teacher_then_i
 
 def test_uniform_range_stays_in_range_and_reaches_both_ends():
     g = torch.Generator().manual_seed(0)
-    t = UniformRange(0.02, 0.98).timesteps(0, 1, 20000, g, 1000)
+    t = TimestepRange(0.02, 0.98).timesteps(0, 1, 20000, g, 1000)
     assert t.min().item() == 20 and t.max().item() == 980
     table = torch.linspace(0.1, 10, 1000, dtype=torch.float64)
-    sig = UniformRange(0.5, 0.5).sample(0, 1, 3, g, table)
+    sig = TimestepRange(0.5, 0.5).sample(0, 1, 3, g, table)
     assert torch.equal(sig, table[[500] * 3])
 
 
@@ -228,14 +234,19 @@ def test_configs_load_from_plain_data_and_bad_values_are_user_errors(model):
     assert config.negative_scale == LinearRamp(3.0, 0.0, 0, 100) and config.timesteps.jitter == 0.05
     for resolved in (config, VSDConfig(timesteps=AnnealedMax()), CSDConfig()):
         assert from_dict(type(resolved), to_dict(resolved)) == resolved
-    assert from_dict(SDSConfig, {"timesteps": {"t_max": 0.5}}).timesteps == UniformRange(0.02, 0.5)
-    for bad in (lambda: UniformRange(0.9, 0.1), lambda: AnnealedMax(0.5, 0.98, 0.2),
-                lambda: Decreasing(0.1, 0.9), lambda: LinearRamp(1.0, 0.0, 10, 5),
-                lambda: guidance_from_model(model, "sjc"),
+    assert from_dict(SDSConfig, {"timesteps": {"t_max": 0.5}}).timesteps == TimestepRange(0.02, 0.5)
+    for bad, key in ((TimestepRange(0.9, 0.1), "method.t_max"), (AnnealedMax(0.5, 0.98, 0.2), "method.t_max_end"),
+                     (Decreasing(0.1, 0.9), "method.t_end"), (LinearRamp(1.0, 0.0, 10, 5), "method.end_step"),
+                     (NPGConfig(negative_prompt=""), "method.negative_prompt"),
+                     (SDSConfig(timesteps=TimestepRange(0.5, 1.5)), "method.timesteps.t_max")):
+        with pytest.raises(UserError, match=key):
+            check_config(bad, "method")
+    for bad in (lambda: guidance_from_model(model, "sjc"),
                 lambda: guidance_from_model(model, "vsd", SDSConfig()),
-                lambda: guidance_from_model(model, "npg", NPGConfig(negative_prompt=""))):
+                lambda: NPGConfig(negative_prompt="").build(model)):
         with pytest.raises(UserError):
             bad()
+    assert isinstance(guidance_from_model(model, "csd"), CSD) and isinstance(CSDConfig().build(model), CSD)
 
 
 # --- an image optimised by SDS --------------------------------------------------------------------
@@ -284,7 +295,7 @@ def test_sds_moves_an_image_to_the_teachers_mode(pipe):
 def test_an_lcm_student_is_a_teacher_and_vsd_mirrors_its_boundary_condition(pipe):
     lcm = variant(pipe, scheduler=LCMScheduler.from_config(pipe.scheduler.config))
     x = images()
-    guidance = SDS(lcm, SDSConfig(guidance_scale=1.0, timesteps=UniformRange(0.1, 0.9)))
+    guidance = SDS(lcm, SDSConfig(guidance_scale=1.0, timesteps=TimestepRange(0.1, 0.9)))
     assert isinstance(guidance.teacher.denoiser(), LCMBoundaryDenoiser)
     out = guidance.gradient(x, PROMPTS, 0, 1, torch.Generator().manual_seed(2))
     sigma = out.sigma.view(-1, 1, 1, 1)
@@ -327,7 +338,7 @@ def test_a_flow_matching_teacher_works_for_sds_and_vsd_says_it_needs_a_unet():
 
 
 def _after_timesteps(seed: int, n: int) -> torch.Generator:
-    """A generator seeded like the guidance's, past its timestep draw (default UniformRange)."""
+    """A generator seeded like the guidance's, past its timestep draw (default TimestepRange)."""
     g = torch.Generator().manual_seed(seed)
     torch.randint(20, 981, (n,), generator=g)
     return g

@@ -1,14 +1,19 @@
-"""Timestep policies and ramps for score distillation: typed, frozen, YAML-loadable (a ``kind:`` key picks one).
+"""Which training timesteps a distribution-matching gradient is taken at: one unit, one type.
 
-A policy says which of the teacher's discrete training timesteps a step of optimisation uses. Timesteps are
-given as fractions of T (the teacher's number of training timesteps, DreamFusion's 0.02-0.98 is
-``UniformRange(0.02, 0.98)``); fraction ``f`` is timestep ``round(f * T)``, clamped to ``[0, T - 1]``.
-``step`` is 0-based: ``step = 0`` is the start of training and ``step = total_steps - 1`` its end, where every
-annealed value reaches its final value.
+Every range is given in **fractions of T**, the model's number of training timesteps (DreamFusion's 0.02-0.98
+is ``TimestepRange(0.02, 0.98)``, DMD2's [20, 980] of 1000 is the same range); fraction ``f`` is timestep
+``round(f * T)``, clamped to ``[0, T - 1]``, so a range means the same on a 1000-step and a 100-step model.
+
+``TimestepRange`` is what both families use: DMD's DM gradient and GAN inputs, and score distillation's
+default. Score distillation may also anneal the range over training (``AnnealedMax``) or walk one timestep
+down (``Decreasing``); ``TimestepPolicy`` is any of the three (a config field of that type picks one with
+``kind:``). ``step`` is 0-based: ``step = 0`` is the start of training and ``step = total_steps - 1`` its end,
+where every annealed value reaches its final value.
 
 Each policy gives ``timesteps(step, total_steps, n, generator, num_train_timesteps)`` (indices) and
 ``sample(step, total_steps, n, generator, train_sigmas)`` (the sigmas at those indices). The sigma table is an
-argument rather than a field so that a policy is plain config data, independent of the teacher.
+argument rather than a field so that a policy is plain config data, independent of the model. Checks run at
+config load (``check(path)``), not on construction.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import ClassVar, Literal, Union
 import torch
 from torch import Tensor
 
-from gendistill.errors import check_range
+from gendistill.diffusion.ramps import progress
+from gendistill.errors import check_choice, check_range
 
 
 def timestep_index(fraction: float, num_train_timesteps: int) -> int:
@@ -27,41 +33,40 @@ def timestep_index(fraction: float, num_train_timesteps: int) -> int:
     return min(num_train_timesteps - 1, max(0, round(fraction * num_train_timesteps)))
 
 
-def progress(step: int, total_steps: int) -> float:
-    """Where ``step`` (0-based) lies in training: 0 at the first step, 1 at the last, clamped."""
-    if total_steps <= 1:
-        return 1.0
-    return min(1.0, max(0.0, step / (total_steps - 1)))
-
-
-def _uniform_indices(lo: int, hi: int, n: int, generator: torch.Generator) -> Tensor:
+def uniform_indices(lo: int, hi: int, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` timestep indices uniform in ``[lo, hi]`` (inclusive), drawn on the generator's device, on the CPU."""
     return torch.randint(lo, hi + 1, (n,), generator=generator, device=generator.device).cpu()
 
 
-def _check_fractions(kind: str, **fractions: float) -> None:
+def _check_fractions(path: str, **fractions: float) -> None:
     for name, value in fractions.items():
-        check_range(f"{kind}.{name}", value, 0.0, 1.0)
+        check_range(f"{path}.{name}", value, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
-class UniformRange:
-    """Timesteps uniform in ``[t_min, t_max]`` at every step (DreamFusion, Poole et al. 2022)."""
+class TimestepRange:
+    """Timesteps uniform in ``[t_min, t_max]`` (fractions of T) at every step (DreamFusion, DMD)."""
 
-    KIND: ClassVar[str] = "uniform"
+    KIND: ClassVar[str] = "range"
 
     t_min: float = 0.02
     """Smallest timestep, as a fraction of T (inclusive)."""
     t_max: float = 0.98
     """Largest timestep, as a fraction of T (inclusive)."""
 
-    def __post_init__(self) -> None:
-        _check_fractions("timesteps", t_min=self.t_min, t_max=self.t_max)
-        check_range("timesteps.t_max", self.t_max, self.t_min, 1.0)
+    def check(self, path: str) -> None:
+        """UserErrors naming ``path.t_min`` / ``path.t_max`` unless ``0 <= t_min <= t_max <= 1``."""
+        _check_fractions(path, t_min=self.t_min, t_max=self.t_max)
+        check_range(f"{path}.t_max", self.t_max, self.t_min, 1.0)
+
+    def indices(self, num_train_timesteps: int) -> tuple[int, int]:
+        """The range as inclusive timestep indices of a T-step model."""
+        T = num_train_timesteps
+        return timestep_index(self.t_min, T), timestep_index(self.t_max, T)
 
     def timesteps(self, step: int, total_steps: int, n: int, generator: torch.Generator,
                   num_train_timesteps: int) -> Tensor:
-        T = num_train_timesteps
-        return _uniform_indices(timestep_index(self.t_min, T), timestep_index(self.t_max, T), n, generator)
+        return uniform_indices(*self.indices(num_train_timesteps), n, generator)
 
     def sample(self, step: int, total_steps: int, n: int, generator: torch.Generator, train_sigmas: Tensor) -> Tensor:
         return train_sigmas[self.timesteps(step, total_steps, n, generator, len(train_sigmas))]
@@ -81,10 +86,10 @@ class AnnealedMax:
     t_max_end: float = 0.5
     """Upper end at the last step, as a fraction of T (at least ``t_min``)."""
 
-    def __post_init__(self) -> None:
-        _check_fractions("timesteps", t_min=self.t_min, t_max_start=self.t_max_start, t_max_end=self.t_max_end)
-        check_range("timesteps.t_max_start", self.t_max_start, self.t_min, 1.0)
-        check_range("timesteps.t_max_end", self.t_max_end, self.t_min, 1.0)
+    def check(self, path: str) -> None:
+        _check_fractions(path, t_min=self.t_min, t_max_start=self.t_max_start, t_max_end=self.t_max_end)
+        check_range(f"{path}.t_max_start", self.t_max_start, self.t_min, 1.0)
+        check_range(f"{path}.t_max_end", self.t_max_end, self.t_min, 1.0)
 
     def t_max(self, step: int, total_steps: int) -> float:
         """The upper end (a fraction of T) at ``step``."""
@@ -94,7 +99,7 @@ class AnnealedMax:
                   num_train_timesteps: int) -> Tensor:
         T = num_train_timesteps
         hi = timestep_index(self.t_max(step, total_steps), T)
-        return _uniform_indices(timestep_index(self.t_min, T), hi, n, generator)
+        return uniform_indices(timestep_index(self.t_min, T), hi, n, generator)
 
     def sample(self, step: int, total_steps: int, n: int, generator: torch.Generator, train_sigmas: Tensor) -> Tensor:
         return train_sigmas[self.timesteps(step, total_steps, n, generator, len(train_sigmas))]
@@ -117,9 +122,10 @@ class Decreasing:
     jitter: float = 0.0
     """Half-width of uniform noise added to the timestep (fraction of T), clamped to [t_end, t_start]."""
 
-    def __post_init__(self) -> None:
-        _check_fractions("timesteps", t_start=self.t_start, t_end=self.t_end, jitter=self.jitter)
-        check_range("timesteps.t_end", self.t_end, 0.0, self.t_start)
+    def check(self, path: str) -> None:
+        _check_fractions(path, t_start=self.t_start, t_end=self.t_end, jitter=self.jitter)
+        check_range(f"{path}.t_end", self.t_end, 0.0, self.t_start)
+        check_choice(f"{path}.shape", self.shape, ("linear", "sqrt"))
 
     def fraction(self, step: int, total_steps: int) -> float:
         """The timestep (a fraction of T) at ``step``, before jitter."""
@@ -139,34 +145,5 @@ class Decreasing:
         return train_sigmas[self.timesteps(step, total_steps, n, generator, len(train_sigmas))]
 
 
-TimestepPolicy = Union[UniformRange, AnnealedMax, Decreasing]
+TimestepPolicy = Union[TimestepRange, AnnealedMax, Decreasing]
 """Any timestep policy (a config field of this type picks one with ``kind:``)."""
-
-
-@dataclass(frozen=True)
-class LinearRamp:
-    """A value annealed over training: ``start`` until ``start_step``, then linear, ``end`` from ``end_step``
-    on. ``start == end`` is a constant."""
-
-    KIND: ClassVar[str] = "linear"
-
-    start: float = 1.0
-    """Value up to ``start_step``."""
-    end: float = 1.0
-    """Value from ``end_step`` on."""
-    start_step: int = 0
-    """Step (0-based) where the ramp leaves ``start``."""
-    end_step: int = 0
-    """Step where the ramp reaches ``end`` (at least ``start_step``)."""
-
-    def __post_init__(self) -> None:
-        check_range("ramp.start_step", self.start_step, 0)
-        check_range("ramp.end_step", self.end_step, self.start_step)
-
-    def value(self, step: int) -> float:
-        """The value at ``step``."""
-        if step >= self.end_step:
-            return self.end
-        if step <= self.start_step:
-            return self.start
-        return self.start + (self.end - self.start) * (step - self.start_step) / (self.end_step - self.start_step)
