@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from gendistill.run_dir import check_out_dir
+
+    check_out_dir(args.out)  # an existing file there is one line, before any work or import
     from gendistill.config import load_config
     from gendistill.domains.shapes.teacher import TeacherConfig
     from gendistill.domains.shapes.teacher_training import export_from_checkpoint, train_teacher
