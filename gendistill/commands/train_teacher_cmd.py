@@ -27,7 +27,7 @@ def run(args) -> int:
     check_out_dir(args.out)  # an existing file there is one line, before any work or import
     from gendistill.config import load_config
     from gendistill.domains.shapes.teacher import TeacherConfig
-    from gendistill.domains.shapes.teacher_training import export_from_checkpoint, train_teacher
+    from gendistill.jobs.train_teacher import export_from_checkpoint, train_teacher
     from gendistill.shipped import resolve_preset
 
     config = load_config(TeacherConfig, resolve_preset(args.config, ""), args.overrides)

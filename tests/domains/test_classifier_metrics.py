@@ -14,8 +14,13 @@ from gendistill.domains.shapes.classifier import (DEFAULT_DIR, ClassifierOutput,
 from gendistill.domains.shapes.dataset import fixed_split
 from gendistill.domains.shapes.raycast import render_batch
 from gendistill.domains.shapes.scene import COLOURS, SHAPES, Scene
-from gendistill.domains.shapes.train_classifier import augment, train_classifier
+from gendistill.domains.shapes.classifier_training import (
+    PHASE, ClassifierBatch, ClassifierRecipe, ClassifierTrainingConfig, RenderWindow, augment, initial_classifier,
+)
 from gendistill.errors import UserError
+from gendistill.jobs.train_classifier import train_classifier
+from gendistill.train.config import OptimizerConfig, TrainerConfig
+from gendistill.train.trainer import Trainer
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -218,13 +223,67 @@ def test_cached_reference_stats_writes_once_and_follows_the_classifier(tmp_path,
 
 # ----------------------------------------------------------------------------- training
 
-def test_training_is_deterministic_and_augmentation_keeps_range():
-    kwargs = dict(steps=2, batch_size=4, seed=5, fresh_per_step=2, pool_size=8, progress=False)
-    model_a, report_a = train_classifier(**kwargs)
-    model_b, report_b = train_classifier(**kwargs)
-    assert report_a.losses == report_b.losses and report_a.renders == 4 + 2
-    assert classifier_fingerprint(model_a) == classifier_fingerprint(model_b)
+TINY_TRAINING = dict(steps=4, batch_size=4, seed=5, fresh_per_step=2, pool_size=4, checkpoint_every=0)
+
+
+def _train(run_dir, **kwargs):
+    config = ClassifierTrainingConfig(**{**TINY_TRAINING, **kwargs.pop("config", {})})
+    return train_classifier(config, run_dir, progress=False, log=lambda line: None, **kwargs)
+
+
+def test_training_is_deterministic_and_augmentation_keeps_range(tmp_path):
+    model_a, report_a = _train(tmp_path / "a")
+    model_b, report_b = _train(tmp_path / "b")
+    assert report_a.losses == report_b.losses and len(report_a.losses) == 4 and report_a.renders == 4 + 3 * 2
+    assert classifier_fingerprint(model_a) == classifier_fingerprint(model_b) and not model_a.training
     images = torch.rand(6, 3, 64, 64, generator=_gen(13))
     aug = augment(images, _gen(14))
     assert aug.shape == images.shape and 0 <= aug.min() and aug.max() <= 1
     assert torch.equal(aug, augment(images, _gen(14)))
+
+
+def test_render_window_draws_from_the_last_steps_and_replays_after_a_resume():
+    config = ClassifierTrainingConfig(**TINY_TRAINING)  # window: pool_size // fresh_per_step = 2 steps
+    straight = RenderWindow(config)
+    batches = [straight(step, _gen(step)) for step in range(4)]
+    assert [len(b.images) for b in batches] == [4, 4, 4, 4] and straight.rendered == 4 + 3 * 2
+    assert set(straight._kept) == {2, 3}
+    resumed = RenderWindow(config)  # a fresh process at step 3 re-renders steps 1 and 2
+    again = resumed(3, _gen(3))
+    assert torch.equal(again.images, batches[3].images) and torch.equal(again.labels, batches[3].labels)
+    assert resumed.rendered == 2 + 2 + 2
+
+
+def test_kill_and_resume_of_the_classifier_gives_the_uninterrupted_weights(tmp_path):
+    straight, _ = _train(tmp_path / "straight")
+
+    def stop_after_two(step, row, losses):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", on_step=stop_after_two)
+    resumed, report = _train(tmp_path / "resumed", resume=True)
+    assert classifier_fingerprint(resumed) == classifier_fingerprint(straight) and len(report.losses) == 4
+
+
+def test_the_classifier_recipe_learns_a_tiny_set(tmp_path):
+    """On 40 fixed renders (one per scene), accuracy goes from chance to most of the set."""
+    batch = fixed_split(40, "train", seed=3)
+    labels = torch.stack([batch.shape_ids, batch.colour_ids], dim=1)
+    model = initial_classifier(0)
+
+    def accuracy() -> float:
+        return M.prompt_accuracy(model.classify(batch.images), batch.scenes)
+
+    def batches(step, generator):
+        idx = torch.randint(0, 40, (16,), generator=generator)
+        return ClassifierBatch(batch.images[idx], labels[idx])
+
+    before = accuracy()
+    config = TrainerConfig(steps=40, seed=0, grad_clip=None, checkpoint_every=0, log_every=1,
+                           optimizers={PHASE: OptimizerConfig(lr=3e-3, warmup_steps=5)})
+    result = Trainer(ClassifierRecipe(model), config, tmp_path, batches, progress=False).fit()
+    assert before < 0.2 and accuracy() > 0.5
+    losses = [row[f"{PHASE}/loss"] for row in result.history]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])

@@ -2,8 +2,8 @@
 
 Its penultimate embedding (global-average-pooled last conv block, ``features``) is what FID and diversity
 are measured on. A trained classifier is a folder with ``model.safetensors`` and ``config.json``; the one the
-project ships lives in ``assets/shapes-classifier`` and is made by ``python -m
-gendistill.domains.shapes.train_classifier``.
+project ships lives in ``assets/shapes-classifier``; ``python -m gendistill.jobs.train_classifier`` trains one
+(the recipe is in ``classifier_training.py``).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def load_classifier(directory: str | Path = DEFAULT_DIR, device: str | torch.dev
     weights, config_path = directory / WEIGHTS_NAME, directory / CONFIG_NAME
     if not weights.is_file() or not config_path.is_file():
         raise UserError(f"no shapes classifier in {directory}: expected {WEIGHTS_NAME} and {CONFIG_NAME}; "
-                        "make one with `python -m gendistill.domains.shapes.train_classifier --out DIR`")
+                        "make one with `python -m gendistill.jobs.train_classifier --out DIR`")
     raw = json.loads(config_path.read_text())
     if raw.get("format") != FORMAT_NAME:
         raise UserError(f"{config_path} is not a shapes-classifier config (format={raw.get('format')!r})")

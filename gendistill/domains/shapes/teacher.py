@@ -2,7 +2,8 @@
 
 ``CLIPTokenizer`` (domain vocabulary) -> ``CLIPTextModel`` -> ``UNet2DConditionModel`` on 16x16x4 latents of an
 ``AutoencoderKL`` (64x64x3 images), with a DDIM scheduler (DDPM family). The exported folder is a standard
-diffusers ``StableDiffusionPipeline`` folder (DESIGN.md §5). Training lives in ``teacher_training.py``.
+diffusers ``StableDiffusionPipeline`` folder (DESIGN.md §5). Training is three recipes of the one trainer
+(``teacher_recipes.py``) that ``gendistill train-teacher`` (``gendistill.jobs.train_teacher``) runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from gendistill.domains.shapes.tokenizer import build_shapes_tokenizer
+from gendistill.errors import check_range, key_path
 
 # ----------------------------------------------------------------------------- configs
 
@@ -220,14 +222,14 @@ class DataConfig:
 
 @dataclass
 class VAETrainingConfig:
-    """Phase 1: the autoencoder."""
+    """Stage 1: the autoencoder."""
 
     steps: int = 2000
-    """Optimizer steps."""
+    """Optimizer steps (0 skips the stage)."""
     batch_size: int = 32
     """Images per step."""
     lr: float = 1e-3
-    """Peak AdamW learning rate (warmup then cosine decay to 10%)."""
+    """Peak AdamW learning rate (linear warmup, then exponential decay to 10% by the last step)."""
     warmup_steps: int = 100
     """Linear warmup steps."""
     kl_weight: float = 1e-6
@@ -242,14 +244,14 @@ class VAETrainingConfig:
 
 @dataclass
 class DiffusionTrainingConfig:
-    """Phase 2: text encoder and UNet, trained jointly on cached latents."""
+    """Stage 2: text encoder and UNet, trained jointly on cached latents."""
 
     steps: int = 8000
-    """Optimizer steps."""
+    """Optimizer steps (0 skips the stage)."""
     batch_size: int = 64
     """Latents per step."""
     lr: float = 1e-3
-    """Peak AdamW learning rate (warmup then cosine decay to 10%)."""
+    """Peak AdamW learning rate (linear warmup, then exponential decay to 10% by the last step)."""
     text_lr_scale: float = 1.0
     """Text encoder learning rate as a fraction of lr."""
     warmup_steps: int = 200
@@ -261,21 +263,21 @@ class DiffusionTrainingConfig:
     min_snr_gamma: float = 0.0
     """Min-SNR loss weighting gamma; 0 disables it (plain loss on the prediction target)."""
     ema_decay: float = 0.999
-    """EMA decay of the exported weights (with a 1 - (1+n)/(10+n) warmup); 0 disables EMA."""
+    """EMA decay of the exported UNet and text encoder (the trainer's ema_decay, no warm-up); 0 disables EMA."""
     grad_clip: float = 1.0
-    """Global gradient-norm clip."""
+    """Gradient-norm clip, applied to the UNet and to the text encoder separately."""
 
 
 @dataclass
 class DecoderTrainingConfig:
-    """Phase 3: the VAE decoder alone, on latents of the frozen encoder (so the UNet's latents stay valid)."""
+    """Stage 3: the VAE decoder alone, on latents of the frozen encoder (so the UNet's latents stay valid)."""
 
     steps: int = 1000
-    """Optimizer steps (0 skips the phase)."""
+    """Optimizer steps (0 skips the stage)."""
     batch_size: int = 24
     """Latents per step."""
     lr: float = 5e-4
-    """Peak AdamW learning rate (warmup then cosine decay to 10%)."""
+    """Peak AdamW learning rate (linear warmup, then exponential decay to 10% by the last step)."""
     warmup_steps: int = 50
     """Linear warmup steps."""
     l1_weight: float = 1.0
@@ -284,14 +286,16 @@ class DecoderTrainingConfig:
 
 @dataclass
 class CheckpointConfig:
-    """When to write resumable checkpoints."""
+    """When to write resumable checkpoints (the trainer's, one folder per stage)."""
 
     every_steps: int = 500
-    """Checkpoint after this many steps of either phase (0: never by count)."""
-    every_minutes: float = 5.0
-    """Checkpoint after this many minutes (0: never by time)."""
+    """Checkpoint every this many steps of a stage (0: only at the end of each stage)."""
     keep: int = 2
-    """Checkpoints kept on disk (older ones are deleted)."""
+    """Checkpoints kept on disk per stage (older ones are deleted)."""
+
+    def check(self, path: str) -> None:
+        check_range(key_path(path, "every_steps"), self.every_steps, 0)
+        check_range(key_path(path, "keep"), self.keep, 1)
 
 
 @dataclass
@@ -306,8 +310,8 @@ class EvalConfig:
     """Sampling step counts to evaluate."""
     images_per_scene: int = 8
     """Images per (shape, colour) scene at each step count (40 scenes)."""
-    classifier_dir: str = "shapes-classifier"
-    """Folder of the shapes classifier, or the shipped one's short name (load_classifier)."""
+    classifier_dir: str = "assets/shapes-classifier"
+    """Folder of the shapes classifier (load_classifier)."""
     seed: int = 1234
     """Seed of the evaluation noise."""
     timing: bool = True
@@ -328,11 +332,11 @@ class TeacherConfig:
     data: DataConfig = field(default_factory=DataConfig)
     """Training renders."""
     vae: VAETrainingConfig = field(default_factory=VAETrainingConfig)
-    """Autoencoder phase."""
+    """Autoencoder stage."""
     diffusion: DiffusionTrainingConfig = field(default_factory=DiffusionTrainingConfig)
-    """Text encoder + UNet phase."""
+    """Text encoder + UNet stage."""
     decoder: DecoderTrainingConfig = field(default_factory=DecoderTrainingConfig)
-    """VAE-decoder fine-tuning phase."""
+    """VAE-decoder fine-tuning stage."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Resumable checkpoints."""
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -6,9 +6,7 @@ import copy
 import math
 import os
 import platform
-import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +16,20 @@ import yaml
 from torch import Tensor
 
 from gendistill.config import to_dict
-from gendistill.domains.shapes.teacher import (
-    EvalConfig, TeacherComponents, TeacherConfig, build_components, count_parameters,
-)
-from gendistill.domains.shapes.teacher_checkpoint import TrainState, find_latest, load_checkpoint
-from gendistill.errors import UserError
-from gendistill.shipped import resolve_model_name
+from gendistill.domains.shapes.teacher import EvalConfig, TeacherComponents, TeacherConfig, count_parameters
 from gendistill.domains.shapes.tokenizer import save_vocab_files
 
 
-def export_pipeline(components: TeacherComponents, ema: dict[str, Tensor], directory: str | Path) -> Path:
-    """Save a ``StableDiffusionPipeline`` folder (EMA weights when given, safetensors) atomically."""
+def export_pipeline(components: TeacherComponents, directory: str | Path,
+                    ema: dict[str, Tensor] | None = None) -> Path:
+    """Save a ``StableDiffusionPipeline`` folder (safetensors) atomically; ``ema`` (keys ``unet.*`` and
+    ``text_encoder.*``), when given, replaces those weights in the saved copy."""
     from diffusers import StableDiffusionPipeline
 
     directory = Path(directory)
     unet, text_encoder = copy.deepcopy(components.unet), copy.deepcopy(components.text_encoder)
     for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder)):
-        sub = {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+        sub = {k[len(prefix):]: v for k, v in (ema or {}).items() if k.startswith(prefix)}
         if sub:
             module.load_state_dict(sub, strict=False)
     pipe = StableDiffusionPipeline(
@@ -107,7 +102,6 @@ def evaluate_pipeline(pipe, cfg: EvalConfig, log=print) -> EvalReport:
     from gendistill.domains.shapes.metrics import cached_reference_stats, evaluate_images
     from gendistill.domains.shapes.scene import all_scenes
 
-    classifier_dir = resolve_model_name(cfg.classifier_dir)
     classifier = load_classifier(classifier_dir)
     reference = cached_reference_stats(classifier, classifier_dir)
     scenes = [s for s in all_scenes() for _ in range(cfg.images_per_scene)]
@@ -180,7 +174,7 @@ def write_model_card(directory: str | Path, info: CardInfo) -> Path:
         "",
         f"- command: `{info.command}`",
         f"- seed: {cfg.seed}",
-        f"- wall-clock of optimizer steps: {info.wall_clock_s / 60:.1f} min on {_machine()}",
+        f"- wall-clock of training: {info.wall_clock_s / 60:.1f} min on {_machine()}",
         "- seconds per step: " + ", ".join(f"{k} {v:.3f}" for k, v in info.seconds_per_step.items()),
         f"- VAE steps: {cfg.vae.steps} (batch {cfg.vae.batch_size}); text encoder + UNet steps: "
         f"{info.diffusion_steps_done} of {cfg.diffusion.steps} (batch {cfg.diffusion.batch_size}, lr {cfg.diffusion.lr:g}, caption dropout "
@@ -226,53 +220,41 @@ def _machine() -> str:
     return f"{cores} CPU cores ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
 
 
-def export_and_report(components: TeacherComponents, state, config: TeacherConfig, out_dir: Path,
-                      seconds_per_step: dict[str, float], log=print, dest: Path | None = None) -> Path:
-    """Export ``out_dir/pipeline`` (or ``dest``), evaluate it when possible, and write its model card."""
-    directory = export_pipeline(components, state.ema, Path(dest or Path(out_dir) / "pipeline"))
+@dataclass(frozen=True)
+class TrainingSummary:
+    """How the training went, as the model card states it."""
+
+    command: str
+    """The command that made the teacher, as a user would type it."""
+    wall_clock_s: float
+    """Seconds of training (all stages, all resumed runs)."""
+    seconds_per_step: dict[str, float]
+    """Mean seconds per optimizer step of each stage."""
+    diffusion_steps_done: int
+    """Text encoder + UNet steps the exported weights had."""
+
+
+def export_and_report(components: TeacherComponents, config: TeacherConfig, directory: str | Path,
+                      summary: TrainingSummary, log=print) -> Path:
+    """Export the teacher to ``directory``, evaluate it (when ``config.eval.enabled`` and the classifier
+    exists), and write its model card and sampling defaults."""
+    directory = export_pipeline(components, directory)
     report = None
     if config.eval.enabled:
-        if (Path(resolve_model_name(config.eval.classifier_dir)) / "model.safetensors").is_file():
+        if (Path(config.eval.classifier_dir) / "model.safetensors").is_file():
             report = evaluate_pipeline(load_pipeline(directory), config.eval, log)
         else:
             log(f"no classifier in {config.eval.classifier_dir}; skipping evaluation")
     params = {name: count_parameters(getattr(components, name)) for name in ("text_encoder", "vae", "unet")}
-    info = CardInfo(command_line(), config,
-                    state.elapsed, seconds_per_step, params, state.scaling_factor,
-                    state.step if state.phase == "diffusion" else config.diffusion.steps, report)
+    info = CardInfo(summary.command, config, summary.wall_clock_s, summary.seconds_per_step, params,
+                    float(components.vae.config.scaling_factor), summary.diffusion_steps_done, report)
     write_model_card(directory, info)
     write_sampling_defaults(directory, config.eval.guidance_scale)
     return directory
 
 
-def command_line() -> str:
-    """The command that is running, as a user would type it."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith("teacher_training.py"):
-        argv = ["python", "-m", "gendistill.domains.shapes.teacher_training", *argv[1:]]
-    elif argv:
-        argv[0] = Path(argv[0]).name
-    return " ".join(shlex.quote(a) for a in argv)
-
-
 def write_sampling_defaults(directory: str | Path, guidance_scale: float) -> None:
     """``gendistill.json``: the guidance the teacher is meant to be sampled with (read by gendistill.evaluation)."""
-    from gendistill.backends.student_card import StudentCard
+    import json
 
-    StudentCard(guidance=guidance_scale).write(directory)
-
-
-def export_from_checkpoint(config: TeacherConfig, out_dir: str | Path, dest: Path | None = None) -> Path:
-    """Export ``out_dir/pipeline`` (EMA weights, model card, evaluation) from the latest checkpoint, e.g. of
-    a run that was stopped before its last step; the card states how many steps it had."""
-    out_dir = Path(out_dir)
-    latest = find_latest(out_dir / "checkpoints")
-    if latest is None:
-        raise UserError(f"no checkpoint in {out_dir / 'checkpoints'} to export")
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    components = build_components(config.model, torch.Generator().manual_seed(config.seed))
-    state = load_checkpoint(latest, components, TrainState.fresh(config.seed))
-    if state.phase == "vae":
-        raise UserError(f"{latest} is still in the VAE phase; nothing to export yet")
-    return export_and_report(components, state, config, out_dir, {}, dest=dest)
+    (Path(directory) / "gendistill.json").write_text(json.dumps({"guidance": guidance_scale}, indent=2) + "\n")
