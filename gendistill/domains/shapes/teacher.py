@@ -310,8 +310,8 @@ class EvalConfig:
     """Sampling step counts to evaluate."""
     images_per_scene: int = 8
     """Images per (shape, colour) scene at each step count (40 scenes)."""
-    classifier_dir: str = "assets/shapes-classifier"
-    """Folder of the shapes classifier (load_classifier)."""
+    classifier_dir: str = "shapes-classifier"
+    """Folder of the shapes classifier, or the shipped one's short name (load_classifier)."""
     seed: int = 1234
     """Seed of the evaluation noise."""
     timing: bool = True

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from gendistill.config import to_dict
 from gendistill.domains.shapes.teacher import EvalConfig, TeacherComponents, TeacherConfig, count_parameters
+from gendistill.shipped import resolve_model_name
 from gendistill.domains.shapes.tokenizer import save_vocab_files
 
 
@@ -102,6 +103,7 @@ def evaluate_pipeline(pipe, cfg: EvalConfig, log=print) -> EvalReport:
     from gendistill.domains.shapes.metrics import cached_reference_stats, evaluate_images
     from gendistill.domains.shapes.scene import all_scenes
 
+    classifier_dir = resolve_model_name(cfg.classifier_dir)
     classifier = load_classifier(classifier_dir)
     reference = cached_reference_stats(classifier, classifier_dir)
     scenes = [s for s in all_scenes() for _ in range(cfg.images_per_scene)]
@@ -241,7 +243,7 @@ def export_and_report(components: TeacherComponents, config: TeacherConfig, dire
     directory = export_pipeline(components, directory)
     report = None
     if config.eval.enabled:
-        if (Path(config.eval.classifier_dir) / "model.safetensors").is_file():
+        if (Path(resolve_model_name(config.eval.classifier_dir)) / "model.safetensors").is_file():
             report = evaluate_pipeline(load_pipeline(directory), config.eval, log)
         else:
             log(f"no classifier in {config.eval.classifier_dir}; skipping evaluation")
@@ -255,6 +257,6 @@ def export_and_report(components: TeacherComponents, config: TeacherConfig, dire
 
 def write_sampling_defaults(directory: str | Path, guidance_scale: float) -> None:
     """``gendistill.json``: the guidance the teacher is meant to be sampled with (read by gendistill.evaluation)."""
-    import json
+    from gendistill.backends.student_card import StudentCard
 
-    (Path(directory) / "gendistill.json").write_text(json.dumps({"guidance": guidance_scale}, indent=2) + "\n")
+    StudentCard(guidance=guidance_scale).write(directory)
