@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 DISTILL_FAST = ["trainer.steps=2", "trainer.checkpoint_every=2", "trainer.eval_every=0", "data.batch_size=2",
                 "recipe.fake_updates=1", "eval.during_training_samples=0", "eval.num_samples=2",
                 "eval.teacher_steps=[1]", "eval.student_steps=[1]", "eval.grid_prompts=2"]
-TEXT3D_FAST = ["iterations=5", "batch_size=1", "init.num_points=100", "turntable.frames=2", "turntable.size=16",
-               "progress=false"]
+TEXT3D_FAST = ["iterations=5", "batch_size=1", "turntable.frames=2", "turntable.size=16", "progress=false"]
 
 
 def _sets(values: list[str]) -> list[str]:
