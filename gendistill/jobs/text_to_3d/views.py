@@ -7,13 +7,13 @@ the shapes world's caption template. Only a run that uses the shapes template im
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from gendistill.backends.loading import resolve_model
+from gendistill.backends.student_card import StudentCard
 from gendistill.errors import UserError, check_choice
 from gendistill.render.cameras import Camera
 from gendistill.render.rig import OrbitRig
@@ -29,7 +29,7 @@ VIEW_PROMPTS = ("auto", "shapes", "suffix")
 def is_shapes_model(model: str) -> bool:
     """Whether ``model`` is one of gendistill's own shapes-world models: a local diffusers folder with a
     ``gendistill.json`` (the shipped teacher and the students distilled from it). A hub id is not."""
-    return (Path(resolve_model(model)) / "gendistill.json").is_file()
+    return StudentCard.read(resolve_model(model)) is not None
 
 
 def resolve_view_prompts(mode: str, model: str) -> str:
