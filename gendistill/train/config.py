@@ -44,6 +44,8 @@ class TrainerConfig:
     """Clip the global gradient norm of each phase to this (None: no clipping)."""
     ema_decay: float | None = None
     """EMA decay for the recipe's EMA module (None: no EMA)."""
+    ema_warmup: bool = False
+    """Ramp the EMA decay up as ``min(decay, (1 + n) / (10 + n))`` over the first updates."""
     checkpoint_every: int = 200
     """Save a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 2

@@ -18,10 +18,12 @@ class EMA:
         self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, decay: float | None = None) -> None:
+        """One EMA step at ``decay`` (default: the configured one)."""
+        decay = self.decay if decay is None else decay
         for ema_t, t in zip(self.shadow.state_dict().values(), module.state_dict().values()):
             if ema_t.dtype.is_floating_point:
-                ema_t.lerp_(t.to(ema_t.dtype), 1 - self.decay)
+                ema_t.lerp_(t.to(ema_t.dtype), 1 - decay)
             else:
                 ema_t.copy_(t)
 
@@ -30,3 +32,9 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.shadow.load_state_dict(state)
+
+
+def warmed_up_decay(decay: float, updates: int) -> float:
+    """``min(decay, (1 + n) / (10 + n))`` after ``n`` earlier updates: the shadow follows the weights closely
+    at first, so no trace of the random initialisation survives a short run (the shapes teacher's schedule)."""
+    return min(decay, (1 + updates) / (10 + updates))

@@ -31,7 +31,7 @@ from gendistill.train import parallel
 from gendistill.train.checkpoint import (TrainState, apply_checkpoint, latest_checkpoint, read_newest_readable,
                                          save_checkpoint)
 from gendistill.train.config import OptimizerConfig, TrainerConfig
-from gendistill.train.ema import EMA
+from gendistill.train.ema import EMA, warmed_up_decay
 from gendistill.train.optimizers import build_optimizers, optimizer_parameters, set_learning_rates
 from gendistill.train.stopping import StopRequest, deferred_interrupt
 
@@ -140,7 +140,8 @@ class Trainer:
     def _after_step(self, state: TrainState, row: dict, losses: dict[str, Loss], bar) -> None:
         done = state.step
         if self.ema is not None:
-            self.ema.update(self.modules[self.recipe.ema_module()])
+            decay = warmed_up_decay(self.config.ema_decay, done - 1) if self.config.ema_warmup else None
+            self.ema.update(self.modules[self.recipe.ema_module()], decay)
         if done % self.config.log_every == 0 or done == self.config.steps:
             state.history.append(row)
         bar.update(1)

@@ -108,7 +108,7 @@ def _trainer_config(steps: int, seed: int, checkpoint: CheckpointConfig, phase: 
                     weight_decay: float = 0.0, grad_clip: float | None = 1.0,
                     ema_decay: float | None = None) -> TrainerConfig:
     config = TrainerConfig(
-        steps=steps, seed=seed, grad_clip=grad_clip, ema_decay=ema_decay or None,
+        steps=steps, seed=seed, grad_clip=grad_clip, ema_decay=ema_decay or None, ema_warmup=True,
         optimizers={phase: OptimizerConfig(kind="adamw", lr=lr, warmup_steps=warmup, weight_decay=weight_decay)},
         checkpoint_every=checkpoint.every_steps, keep_checkpoints=checkpoint.keep, log_every=1)
     check_config(config, phase)
