@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from gendistill.text_to_3d.evaluate3d import evaluate_run_dir, format_eval_table
+    from gendistill.jobs.text_to_3d.evaluate3d import evaluate_run_dir, format_eval_table
 
     result = evaluate_run_dir(args.dir)
     print(format_eval_table(result))
