@@ -24,7 +24,7 @@ def shipped_students(assets: Path) -> list[Path]:
 def main(argv=None) -> int:
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
-    from gendistill.evaluation import ShapesEvaluator, default_guidance, evaluate_model, format_table
+    from gendistill.domains.shapes.evaluation import ShapesEvaluator, default_guidance, evaluate_model, format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default=str(ROOT / "assets" / "shapes-teacher"))
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
 
 def _row(d):
-    from gendistill.evaluation import ModelQuality
+    from gendistill.domains.shapes.evaluation import ModelQuality
 
     return ModelQuality(**d)
 

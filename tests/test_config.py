@@ -110,7 +110,7 @@ def test_variant_section_without_kind_keeps_the_default_variant():
 
 
 def test_override_keeps_the_other_values_of_a_non_default_section():
-    from gendistill.distill.config import DistillConfig
+    from gendistill.jobs.distill.config import DistillConfig
 
     cfg = load_config(DistillConfig, None, ["trainer.steps=150"])
     assert cfg.trainer.steps == 150 and cfg.trainer.ema_decay == 0.99

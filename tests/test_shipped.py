@@ -77,7 +77,7 @@ def test_a_local_preset_wins_and_a_missing_one_lists_the_choices(elsewhere):
 
 def test_the_distill_command_reads_a_preset_by_name(elsewhere):
     from gendistill.config import load_config
-    from gendistill.distill.config import DistillConfig
+    from gendistill.jobs.distill.config import DistillConfig
 
     config = load_config(DistillConfig, resolve_preset("shapes-lcm", "distill"))
     assert config.recipe.KIND == "lcm"

@@ -13,7 +13,7 @@ import torch
 from gendistill.cli import main
 from gendistill.config import check_config, from_dict, load_config
 from gendistill.diffusion.timesteps import TimestepRange
-from gendistill.distill.config import DistillConfig
+from gendistill.jobs.distill.config import DistillConfig
 from gendistill.distill.dmd import DMD2Config, DMD2Recipe
 from gendistill.errors import UserError, check_range, key_path
 from gendistill.run_dir import check_out_dir, prepare_out_dir

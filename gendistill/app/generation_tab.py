@@ -111,7 +111,7 @@ class TeacherCache:
 def run_comparison(catalog: ModelCatalog, s: GenerationSettings, cache: TeacherCache | None = None
                    ) -> tuple[Panel, Panel]:
     """(teacher panel, model panel) for the same prompt and seed."""
-    from gendistill.generation import GenerationRequest, generate, resolve_sampler
+    from gendistill.backends.generation import GenerationRequest, generate, resolve_sampler
     from gendistill.render.images import to_pil
 
     request = GenerationRequest(prompt=s.prompt, negative_prompt=s.negative_prompt, steps=s.steps,

@@ -152,7 +152,7 @@ class ModelCatalog:
 
     def guidance_for(self, name: str) -> float:
         """The guidance ``name`` is meant to be sampled with (its ``gendistill.json``, else the library default)."""
-        from gendistill.evaluation import default_guidance
+        from gendistill.domains.shapes.evaluation import default_guidance
 
         entry = self.entry(name)
         return entry.guidance if entry.guidance is not None else default_guidance(self.load(name), entry.path)

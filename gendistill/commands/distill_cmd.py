@@ -29,8 +29,8 @@ def run(args) -> int:
 
     check_out_dir(args.out)  # an existing file there is one line, before any work or import
     from gendistill.config import load_config
-    from gendistill.distill.config import DistillConfig
-    from gendistill.distill.run import run_distill
+    from gendistill.jobs.distill.config import DistillConfig
+    from gendistill.jobs.distill.run import run_distill
     from gendistill.shipped import resolve_preset
 
     preset = resolve_preset(args.config, "distill") if args.config else None

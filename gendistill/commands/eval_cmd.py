@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
-    from gendistill.evaluation import ShapesEvaluator, default_guidance, evaluate_model, format_table
+    from gendistill.domains.shapes.evaluation import ShapesEvaluator, default_guidance, evaluate_model, format_table
 
     model = TextToImageModel(load_pipeline(args.model))
     base = TextToImageModel(load_pipeline(args.base_model)) if args.base_model else None

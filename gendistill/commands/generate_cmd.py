@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
-    from gendistill.generation import GenerationRequest, generate, validate
+    from gendistill.backends.generation import GenerationRequest, generate, validate
     from gendistill.render.images import make_grid, save_png
 
     request = GenerationRequest(

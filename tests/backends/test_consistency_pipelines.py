@@ -6,7 +6,7 @@ from diffusers import LCMScheduler
 
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.diffusion.adapters import guidance_embedding
-from gendistill.generation import GenerationRequest, generate
+from gendistill.backends.generation import GenerationRequest, generate
 from tiny_pipelines import tiny_sd_pipeline, tiny_unet
 
 

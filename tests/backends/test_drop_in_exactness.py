@@ -6,7 +6,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from gendistill.backends.loading import load_pipeline
 from gendistill.backends.text_to_image import TextToImageModel
-from gendistill.generation import GenerationRequest, generate
+from gendistill.backends.generation import GenerationRequest, generate
 from tiny_pipelines import tiny_sd_pipeline
 
 TOL = 1e-4

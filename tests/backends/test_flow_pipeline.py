@@ -3,7 +3,7 @@
 import torch
 
 from gendistill.backends.text_to_image import TextToImageModel
-from gendistill.generation import GenerationRequest, generate
+from gendistill.backends.generation import GenerationRequest, generate
 from tiny_pipelines import tiny_sd3_pipeline
 
 

@@ -8,7 +8,7 @@ from gendistill.backends.loading import load_pipeline
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.diffusion.schedules import DiscreteVPSchedule, LCMSchedule
 from gendistill.distill.export import StudentSampling, export_student
-from gendistill.generation import GenerationRequest, generate
+from gendistill.backends.generation import GenerationRequest, generate
 from tiny_pipelines import tiny_sd_pipeline, tiny_unet
 
 

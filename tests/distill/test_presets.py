@@ -9,8 +9,8 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from gendistill.config import load_config
-from gendistill.distill.config import DistillConfig
-from gendistill.distill.run import run_distill
+from gendistill.jobs.distill.config import DistillConfig
+from gendistill.jobs.distill.run import run_distill
 from tiny_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 PRESETS = sorted((Path(__file__).parents[2] / "configs" / "distill").glob("*.yaml"))

@@ -256,7 +256,7 @@ def export_and_report(components: TeacherComponents, config: TeacherConfig, dire
 
 
 def write_sampling_defaults(directory: str | Path, guidance_scale: float) -> None:
-    """``gendistill.json``: the guidance the teacher is meant to be sampled with (read by gendistill.evaluation)."""
+    """``gendistill.json``: the guidance the teacher is meant to be sampled with (read by gendistill.domains.shapes.evaluation)."""
     from gendistill.backends.student_card import StudentCard
 
     StudentCard(guidance=guidance_scale).write(directory)

@@ -116,7 +116,7 @@ def load_default_classifier():
     """The shipped shapes classifier, or None (with a note on stderr) when it cannot be loaded."""
     import sys
 
-    from gendistill.evaluation import CLASSIFIER_DIR
+    from gendistill.domains.shapes.evaluation import CLASSIFIER_DIR
 
     from gendistill.domains.shapes.classifier import load_classifier
 

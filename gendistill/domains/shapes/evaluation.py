@@ -16,7 +16,7 @@ from gendistill.domains.shapes import all_scenes, caption
 from gendistill.domains.shapes.classifier import DEFAULT_DIR as DEFAULT_CLASSIFIER_DIR, ShapeClassifier, load_classifier
 from gendistill.domains.shapes.metrics import ImageQuality, ReferenceStats, cached_reference_stats, evaluate_images
 from gendistill.errors import UserError
-from gendistill.generation import GenerationRequest, generate
+from gendistill.backends.generation import GenerationRequest, generate
 from gendistill.shipped import resolve_model_name
 
 CLASSIFIER_DIR = DEFAULT_CLASSIFIER_DIR

@@ -19,12 +19,12 @@ from gendistill.backends.student_card import StudentCard
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
 from gendistill.devices import pick_device
-from gendistill.distill.config import DistillConfig
-from gendistill.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
+from gendistill.jobs.distill.config import DistillConfig
+from gendistill.jobs.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
 from gendistill.distill.export import export_student, student_scheduler
-from gendistill.distill.model_card import write_model_card
+from gendistill.jobs.distill.model_card import write_model_card
 from gendistill.distill.recipes import BoundRecipe
-from gendistill.distill.report import DistillReport, final_report
+from gendistill.jobs.distill.report import DistillReport, final_report
 from gendistill.errors import UserError
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
@@ -92,7 +92,7 @@ def _evaluates(config: DistillConfig) -> bool:
 
 def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, samples_dir: Path):
     """Quality of the current student, plus a grid of its samples in samples_dir/step-NNNNNNN.png."""
-    from gendistill.evaluation import ShapesEvaluator, evaluate_model
+    from gendistill.domains.shapes.evaluation import ShapesEvaluator, evaluate_model
 
     evaluator = ShapesEvaluator.load()
 

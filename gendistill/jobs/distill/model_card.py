@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from gendistill.backends.student_card import StudentCard
-from gendistill.distill.report import DistillReport
+from gendistill.jobs.distill.report import DistillReport
 
 RECIPE_NAMES = {"dmd2": "DMD2 (distribution matching with a trainable fake score)",
                 "lcm": "latent consistency distillation (LCM)",
