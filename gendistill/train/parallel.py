@@ -16,19 +16,19 @@ import torch.distributed as dist
 
 if TYPE_CHECKING:
     from gendistill.train.checkpoint import TrainState
-    from gendistill.train.trainer import Trainer
+    from gendistill.train.parts import TrainerParts
 
 
-def world_size(trainer: Trainer) -> int:
+def world_size(trainer: TrainerParts) -> int:
     return trainer.accelerator.num_processes
 
 
-def is_sharded(trainer: Trainer) -> bool:
+def is_sharded(trainer: TrainerParts) -> bool:
     """fsdp with several processes (its checkpoints are sharded)."""
     return trainer.config.distributed == "fsdp" and world_size(trainer) > 1
 
 
-def prepare_sharding(trainer: Trainer) -> None:
+def prepare_sharding(trainer: TrainerParts) -> None:
     """Shard the recipe's trained modules and the EMA before optimizers are built (fsdp only); rebuilds
     ``trainer.phases`` with the sharded parameters."""
     if trainer.config.distributed != "fsdp":
@@ -42,7 +42,7 @@ def prepare_sharding(trainer: Trainer) -> None:
     sharded.shard_modules(trainer, world_size(trainer))
 
 
-def sync_initial_weights(trainer: Trainer) -> None:
+def sync_initial_weights(trainer: TrainerParts) -> None:
     """Every rank starts from rank 0's weights."""
     if world_size(trainer) == 1 or trainer.config.distributed == "fsdp":
         return  # fsdp broadcasts before it shards
@@ -51,7 +51,7 @@ def sync_initial_weights(trainer: Trainer) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def average_gradients(trainer: Trainer, params: list[torch.nn.Parameter]) -> None:
+def average_gradients(trainer: TrainerParts, params: list[torch.nn.Parameter]) -> None:
     """Mean of every rank's gradients, in one flat all-reduce (fsdp reduces its shards itself)."""
     world = world_size(trainer)
     if world == 1 or not params or trainer.config.distributed == "fsdp":
@@ -65,19 +65,19 @@ def average_gradients(trainer: Trainer, params: list[torch.nn.Parameter]) -> Non
         offset += p.numel()
 
 
-def sum_across_ranks(trainer: Trainer, value: torch.Tensor) -> None:
+def sum_across_ranks(trainer: TrainerParts, value: torch.Tensor) -> None:
     if world_size(trainer) > 1:
         dist.all_reduce(value)
 
 
-def save_sharded(trainer: Trainer, state: TrainState) -> Path:
+def save_sharded(trainer: TrainerParts, state: TrainState) -> Path:
     """A sharded checkpoint (a collective: every rank calls it)."""
     from gendistill.train import sharded
 
     return sharded.save(trainer, state)
 
 
-def load_sharded(trainer: Trainer) -> TrainState:
+def load_sharded(trainer: TrainerParts) -> TrainState:
     """Resume every rank from the newest readable sharded checkpoint."""
     from gendistill.train import sharded
 

@@ -41,10 +41,10 @@ from gendistill.recipe import Phase
 from gendistill.train.checkpoint import TrainState, _write_atomic, checkpoints_newest_first
 
 if TYPE_CHECKING:
-    from gendistill.train.trainer import Trainer
+    from gendistill.train.parts import TrainerParts
 
 
-def shard_modules(trainer: Trainer, world: int) -> None:
+def shard_modules(trainer: TrainerParts, world: int) -> None:
     """Shard every module trained by a phase (and its EMA), after every rank took rank 0's weights;
     ``trainer.phases`` is rebuilt with the sharded parameters (FSDP2 replaces every Parameter)."""
     if trainer.config.mixed_precision == "fp16":
@@ -109,7 +109,7 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 # --- checkpoints ------------------------------------------------------------------------------------
 
 
-def _everything(trainer: Trainer) -> dict:
+def _everything(trainer: TrainerParts) -> dict:
     """The state DCP saves and loads in place (optimizer states keyed by parameter name, so they reshard)."""
     box = nn.ModuleDict(trainer.modules)
     state = {"modules": get_model_state_dict(box),
@@ -121,7 +121,7 @@ def _everything(trainer: Trainer) -> dict:
     return state
 
 
-def save(trainer: Trainer, state: TrainState) -> Path:
+def save(trainer: TrainerParts, state: TrainState) -> Path:
     """Every rank writes its shards into ``step-NNNNNNN`` (atomically renamed by rank 0); returns its path."""
     root, main = trainer.checkpoint_root, trainer.accelerator.is_main_process
     final = root / f"step-{state.step:07d}"
@@ -146,7 +146,7 @@ def save(trainer: Trainer, state: TrainState) -> Path:
     return final
 
 
-def load(trainer: Trainer) -> TrainState:
+def load(trainer: TrainerParts) -> TrainState:
     """Resume from the newest checkpoint every rank reads whole (DCP raises the same error on all ranks)."""
     root = trainer.checkpoint_root
     unreadable = []
@@ -176,7 +176,7 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
-def _load_from(trainer: Trainer, path: Path) -> TrainState:
+def _load_from(trainer: TrainerParts, path: Path) -> TrainState:
     meta = json.loads((path / "state.json").read_text())
     if meta.get("format") != "dcp":
         raise UserError("not a sharded (fsdp) checkpoint")
