@@ -81,7 +81,9 @@ class Trainer:
         self.recipe, self.config, self.batch_fn, self.eval_fn = recipe, config, batch_fn, eval_fn
         self.on_step, self.on_stop, self.log, self.description = on_step, on_stop, log, description
         self.out_dir = Path(out_dir)
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        # autocast is the trainer's own (below): accelerate's state is one per process, so a mixed-precision
+        # setting there would forbid a later run at another precision in the same process (the demo, tests)
+        self.accelerator = accelerator or Accelerator()
         self.device = self.accelerator.device
         self.modules = recipe.modules()
         for module in self.modules.values():
@@ -92,7 +94,8 @@ class Trainer:
         parallel.prepare_sharding(self)  # fsdp: shards the modules and the EMA, rebuilds self.phases
         self.optimizers = {p.name: build_optimizers(p, self._optimizer_config(p.name)) for p in self.phases}
         self.counters = {"skipped": 0, "bad_in_a_row": 0, **{f"updates/{p.name}": 0 for p in self.phases}}
-        self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" and self.device.type == "cuda" \
+            else None
         self.progress = progress and self.accelerator.is_main_process
         self.stop_request = StopRequest()
         self.resumed_from: Path | None = None
@@ -179,7 +182,7 @@ class Trainer:
             if self.config.seed_global_rng:
                 torch.manual_seed(_mix(self.config.seed, *coords, 1))
             batch = self.batch_fn(step, generator)
-            with self.accelerator.autocast():
+            with self._autocast():
                 loss = self.recipe.loss(batch, phase.name, step, generator)
             if not self._finite(loss.total):
                 return self._bad_update(phase, step, f"loss became {loss.total.detach().item()}", optimizers, loss)
@@ -192,6 +195,11 @@ class Trainer:
         self.counters["bad_in_a_row"] = 0
         self.recipe.after_update(Update(phase.name, step, optimizers, loss))
         return terms, loss
+
+    def _autocast(self):
+        """Autocast at ``mixed_precision`` on the trainer's device (a no-op for "no")."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.mixed_precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _zero_grad(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
         for module in self.modules.values():
@@ -231,7 +239,10 @@ class Trainer:
             set_learning_rates(optimizer, cfg, update, step, self.config.steps)
             self.scaler.step(optimizer) if self.scaler else optimizer.step()
         if self.scaler:
+            scale = self.scaler.get_scale()
             self.scaler.update()
+            if self.scaler.get_scale() < scale:  # inf/NaN gradients in fp16: the scaler skipped the step
+                self.counters["skipped"] += 1
         self.counters[f"updates/{phase.name}"] += 1
         return True
 

@@ -43,5 +43,5 @@ def test_dmd2_trains_under_cpu_bf16_autocast(tiny_teacher, tmp_path, monkeypatch
 def test_text_to_3d_gaussians_train_under_cpu_bf16_autocast(tiny_teacher, tmp_path, monkeypatch):
     result, spy = text_to_3d("bf16", "cpu", tiny_teacher / "sd", tmp_path, monkeypatch)
     assert_trained(spy, "bf16")
-    assert spy.trainers[0].accelerator.mixed_precision == "bf16"
+    assert spy.trainers[0].config.mixed_precision == "bf16"
     assert_scene_written(result, tmp_path)

@@ -160,3 +160,18 @@ def test_the_process_random_stream_is_untouched_by_a_run(tmp_path):
     torch.manual_seed(123)
     trainer.fit()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_runs_at_different_precisions_share_one_process(tmp_path):
+    """accelerate keeps one state per process; the trainer's own autocast lets a bf16 run follow a float32 one."""
+    seen = []
+
+    class Spy(ToyRecipe):
+        def loss(self, batch, phase, step, generator):
+            seen.append(self.student[0](batch).dtype)
+            return super().loss(batch, phase, step, generator)
+
+    for precision in ("no", "bf16"):
+        config = TrainerConfig(steps=1, checkpoint_every=0, mixed_precision=precision)
+        Trainer(Spy(), config, tmp_path / precision, toy_batch, progress=False).fit()
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16

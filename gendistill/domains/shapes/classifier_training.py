@@ -57,7 +57,7 @@ def augment(images: Tensor, generator: torch.Generator, cfg: Augment = Augment()
     brightness = 1 + cfg.brightness * (2 * uniform(n, 1, 1, 1) - 1)
     x = x * brightness * (1 + cfg.channel_gain * (2 * uniform(n, 3, 1, 1) - 1))
     blur_weight = uniform(n, 1, 1, 1) * (uniform(n, 1, 1, 1) < cfg.blur_prob)
-    x = torch.lerp(x, _blur3(x), blur_weight)
+    x = torch.lerp(x, _blur3(x).to(x.dtype), blur_weight)  # autocast may run the blur's conv in bf16
     noise_std = cfg.max_noise * uniform(n, 1, 1, 1)
     return (x + noise_std * torch.randn(x.shape, generator=generator)).clamp(0, 1)
 
