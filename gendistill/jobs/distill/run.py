@@ -4,15 +4,24 @@ The output folder gets ``pipeline/`` (the student, loadable by stock diffusers),
 teacher-vs-student table, ``grid.png`` (teacher and student on the same seeds and prompts),
 ``curves.png`` (losses and quality over training), ``config.yaml`` (the resolved config) and
 ``checkpoints/`` (for ``--resume``).
+
+On several processes (``accelerate launch`` or torchrun) every process trains; afterwards only rank 0
+exports, evaluates and writes, while the others wait for it. With ``trainer.distributed=fsdp`` the student
+(or its EMA) is sharded, so its full weights are first gathered on every process (a collective) and rank 0
+exports an unsharded copy built from the network's config.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from gendistill.backends.loading import load_pipeline, quiet_pipeline_notices
 from gendistill.backends.student_card import StudentCard
@@ -29,7 +38,12 @@ from gendistill.errors import UserError
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
 from gendistill.run_dir import prepare_out_dir
+from gendistill.train import parallel
 from gendistill.train.trainer import Trainer, step_generator
+
+FINISH_TIMEOUT = timedelta(hours=24)
+"""How long the other processes wait for rank 0's export and final evaluation (the default process group's
+NCCL timeout is minutes; a rank 0 that fails releases them at once)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,8 @@ class DistillResult:
     pipeline: Path
     train_seconds: float
     report: DistillReport | None
+    written: bool = True
+    """False on the processes other than rank 0 of a multi-process run (rank 0 wrote the outputs)."""
 
 
 def make_batches(config: DistillConfig, teacher: TextToImageModel):
@@ -63,19 +79,46 @@ def student_model(teacher: TextToImageModel, bound: BoundRecipe, unet) -> TextTo
 def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
                 command: str | None = None) -> DistillResult:
     """Train, export ``out_dir/pipeline`` with its model card, and (on the shapes world) measure teacher vs
-    student; ``command`` is recorded in the card."""
+    student; ``command`` is recorded in the card. On several processes only rank 0 exports and writes (the
+    others return a result without a report once it is done)."""
+    main = _process_state().is_main_process
     out_dir = prepare_out_dir(out_dir)
-    save_config(config, out_dir / "config.yaml")
+    if main:
+        save_config(config, out_dir / "config.yaml")
     teacher = TextToImageModel(load_pipeline(config.teacher, device=pick_device(config.device)))
     if teacher.family != "vp":
         raise UserError("step distillation needs a UNet teacher (Stable Diffusion 1.x/2.x/XL-style)")
     batches = make_batches(config, teacher)
     bound = config.recipe.build(teacher, lambda: batches(0, step_generator(config.trainer.seed, -1)))
-    eval_fn = _eval_fn(config, teacher, bound, out_dir / "samples") if _evaluates(config) else None
+    eval_fn = _eval_fn(config, teacher, bound, out_dir / "samples", main) if _evaluates(config) else None
     trainer = Trainer(bound.recipe, config.trainer, out_dir, batches, eval_fn, progress=progress)
     result = trainer.fit(resume=resume)
-    weights = trainer.ema.shadow if trainer.ema is not None else None
-    pipeline = export_student(teacher.pipe, bound.export_unet(weights), bound.sampling, out_dir / "pipeline")
+    if parallel.world_size(trainer) == 1:
+        return _finish(config, teacher, bound, _trained_unet(trainer, bound), result, out_dir, command)
+    done = dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
+    try:
+        unet = _trained_unet(trainer, bound)  # fsdp: a collective; None on ranks other than 0
+        if main:
+            return _finish(config, teacher, bound, unet, result, out_dir, command)
+        return DistillResult(out_dir, out_dir / "pipeline", result.seconds, None, written=False)
+    finally:
+        dist.barrier(group=done)  # the others return once rank 0 wrote everything (or failed)
+
+
+def _process_state():
+    """accelerate's per-process state as the trainer's ``Accelerator`` will find it (``ACCELERATE_USE_CPU``:
+    the CPU backend, as accelerate launch sets it), made before the teacher loads: it knows this process's
+    rank and puts each process on its own CUDA device."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _finish(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, unet: nn.Module, result,
+            out_dir: Path, command: str | None) -> DistillResult:
+    """Export the trained UNet, write the student card, curves, final report and model card (one process)."""
+    pipeline = export_student(teacher.pipe, bound.export_unet(unet), bound.sampling, out_dir / "pipeline")
     card = _write_student_card(pipeline, config, bound, result.seconds)
     plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
     report = None
@@ -86,23 +129,58 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
     return DistillResult(out_dir, pipeline, result.seconds, report)
 
 
+def _trained_unet(trainer: Trainer, bound: BoundRecipe) -> nn.Module | None:
+    """What is exported (before any LoRA merge): the student's EMA, or the student. When fsdp sharded it, its
+    full weights are gathered on every rank (a collective) and rank 0 gets an unsharded copy; others None."""
+    unet = trainer.ema.shadow if trainer.ema is not None else bound.student_unet
+    if not parallel.is_sharded(trainer):
+        return unet
+    from gendistill.train.sharded import full_state_dict
+
+    weights = full_state_dict(unet)
+    return unsharded_copy(unet, weights) if trainer.accelerator.is_main_process else None
+
+
+def unsharded_copy(sharded: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain module of ``sharded``'s diffusers class and config (its LoRA adapters too, which the export
+    merges) holding ``weights`` (the gathered full state dict) on the CPU; built without random init."""
+    from accelerate import init_empty_weights
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(sharded).__mro__ if not issubclass(c, FSDPModule))  # fully_shard's subclass
+    if not hasattr(cls, "from_config"):
+        raise UserError(f"cannot export a sharded {cls.__name__}: it has no diffusers config to rebuild it from")
+    with init_empty_weights():
+        unet = cls.from_config(sharded.config)
+        for name, adapter in getattr(sharded, "peft_config", {}).items():
+            unet.add_adapter(copy.deepcopy(adapter), adapter_name=name)
+    unet.load_state_dict({k: v.contiguous() for k, v in weights.items()}, strict=True, assign=True)
+    return unet.eval().requires_grad_(False)
+
+
 def _evaluates(config: DistillConfig) -> bool:
     return config.data.source == "shapes" and config.eval.during_training_samples >= 2
 
 
-def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, samples_dir: Path):
-    """Quality of the current student, plus a grid of its samples in samples_dir/step-NNNNNNN.png."""
+def _eval_fn(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, samples_dir: Path,
+             main: bool = True):
+    """Quality of the current student, plus a grid of its samples in samples_dir/step-NNNNNNN.png (written by
+    the main process only: under fsdp every rank evaluates, its sharded forwards being collectives)."""
+    from torch.distributed.fsdp import FSDPModule
+
     from gendistill.domains.shapes.evaluation import ShapesEvaluator, evaluate_model
 
     evaluator = ShapesEvaluator.load()
 
     def evaluate(step: int) -> dict[str, float]:
         bound.student_unet.eval()
-        model = student_model(teacher, bound, bound.export_unet())
+        sharded = isinstance(bound.student_unet, FSDPModule)  # cannot be copied to merge LoRA; samples as is
+        model = student_model(teacher, bound, bound.student_unet if sharded else bound.export_unet())
         images: list = []
         q = evaluate_model(model, evaluator, bound.default_steps, "auto", bound.guidance,
                            config.eval.during_training_samples, seed=10_000, images_out=images)
-        save_png(make_grid(images[0][:16], columns=8), samples_dir / f"step-{step:07d}.png")
+        if main:
+            save_png(make_grid(images[0][:16], columns=8), samples_dir / f"step-{step:07d}.png")
         bound.student_unet.train()
         return {"prompt_accuracy": q.prompt_accuracy, "fid": q.fid, "diversity": q.diversity}
 
