@@ -36,7 +36,8 @@ def run(args) -> int:
     preset = resolve_preset(args.config, "distill") if args.config else None
     config = load_config(DistillConfig, preset, args.overrides)  # fails on bad keys before any work
     command = "gendistill " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    result = run_distill(config, args.out, resume=args.resume, command=command)
+    result = run_distill(config, args.out, resume=args.resume, command=command,
+                         log=lambda line: print(line, file=sys.stderr))
     if result.written:  # on several processes only rank 0 writes the student
         print(f"student: {result.pipeline} (trained in {result.train_seconds:.0f} s)")
     return 0

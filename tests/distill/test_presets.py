@@ -100,3 +100,38 @@ def test_evaluation_during_training_records_quality_and_sample_grids(tiny_teache
 def test_no_config_is_the_shapes_dmd2_preset():
     preset = Path(__file__).parents[2] / "configs" / "distill" / "shapes-dmd2.yaml"
     assert load_config(DistillConfig) == load_config(DistillConfig, preset)
+
+
+def test_ctrl_c_keeps_the_student_and_a_checkpoint_and_resume_finishes_it(tiny_teachers, tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside step 3 (mid-step: no checkpoint of it) exports the student as it is, writes
+    why it stopped, and --resume from the step-2 checkpoint ends where an uninterrupted run does."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from gendistill.distill.dmd import DMD2Recipe
+
+    preset = Path(__file__).parents[2] / "configs" / "distill" / "sd15-dmd2.yaml"
+    overrides = tiny_overrides(preset, tiny_teachers) + ["trainer.steps=3", "recipe.fake_updates=1"]
+    straight = run_distill(load_config(DistillConfig, preset, overrides), tmp_path / "a", progress=False)
+    real = DMD2Recipe.loss
+
+    def interrupted(self, batch, phase, step, generator):
+        if step == 2 and phase == "generator":
+            raise KeyboardInterrupt
+        return real(self, batch, phase, step, generator)
+
+    monkeypatch.setattr(DMD2Recipe, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(load_config(DistillConfig, preset, overrides), tmp_path / "b", progress=False)
+    stopped = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert (stopped["stopped"], stopped["stop_reason"], stopped["steps"]) == (True, "interrupted", 2)
+    assert DiffusionPipeline.from_pretrained(tmp_path / "b" / "pipeline") is not None
+    monkeypatch.setattr(DMD2Recipe, "loss", real)
+    said = []
+    resumed = run_distill(load_config(DistillConfig, preset, overrides), tmp_path / "b", resume=True,
+                          progress=False, log=said.append)
+    assert said == ["resumed from step-0000002"]
+    a = load_file(straight.pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed.pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -13,6 +13,9 @@ exports an unsharded copy built from the network's config.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import copy
 import time
 from dataclasses import dataclass
@@ -77,10 +80,12 @@ def student_model(teacher: TextToImageModel, bound: BoundRecipe, unet) -> TextTo
 
 
 def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-                command: str | None = None) -> DistillResult:
+                command: str | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
     """Train, export ``out_dir/pipeline`` with its model card, and (on the shapes world) measure teacher vs
     student; ``command`` is recorded in the card. On several processes only rank 0 exports and writes (the
-    others return a result without a report once it is done)."""
+    others return a result without a report once it is done). A run that ends early (Ctrl-C, a divergence)
+    keeps its checkpoint and, on one process, exports the student it has (``metrics.json`` says why it
+    stopped), then re-raises; ``log`` hears which checkpoint a resume started from."""
     main = _process_state().is_main_process
     out_dir = prepare_out_dir(out_dir)
     if main:
@@ -91,7 +96,9 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
     batches = make_batches(config, teacher)
     bound = config.recipe.build(teacher, lambda: batches(0, step_generator(config.trainer.seed, -1)))
     eval_fn = _eval_fn(config, teacher, bound, out_dir / "samples", main) if _evaluates(config) else None
-    trainer = Trainer(bound.recipe, config.trainer, out_dir, batches, eval_fn, progress=progress)
+    trainer = Trainer(bound.recipe, config.trainer, out_dir, batches, eval_fn, progress=progress, log=log)
+    if main and _process_state().num_processes == 1:
+        trainer.on_stop = lambda stopped: _write_stopped(config, teacher, bound, trainer, stopped, out_dir, command)
     result = trainer.fit(resume=resume)
     if parallel.world_size(trainer) == 1:
         return _finish(config, teacher, bound, _trained_unet(trainer, bound), result, out_dir, command)
@@ -127,6 +134,19 @@ def _finish(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe
         report = final_report(config, teacher, student, bound, out_dir, result.seconds)
     write_model_card(pipeline, config, card, report, command)
     return DistillResult(out_dir, pipeline, result.seconds, report)
+
+
+def _write_stopped(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, trainer: Trainer,
+                   result, out_dir: Path, command: str | None) -> None:
+    """What a stopped run keeps besides its checkpoint: the student as it is, its card, the curves and why."""
+    pipeline = export_student(teacher.pipe, bound.export_unet(_trained_unet(trainer, bound)), bound.sampling,
+                              out_dir / "pipeline")
+    card = _write_student_card(pipeline, config, bound, result.seconds)
+    plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
+    write_model_card(pipeline, config, card, None, command)
+    stopped = {"stopped": True, "stop_reason": result.stopped, "steps": result.step,
+               "checkpoint": str(result.checkpoint)}
+    (out_dir / "metrics.json").write_text(json.dumps(stopped, indent=2))
 
 
 def _trained_unet(trainer: Trainer, bound: BoundRecipe) -> nn.Module | None:
