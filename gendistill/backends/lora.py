@@ -80,8 +80,10 @@ def lora_state_dict(student_unet: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def save_lora(student_unet: nn.Module, out_dir: str | Path) -> Path:
-    """Write the student's adapters where ``StableDiffusionPipeline.load_lora_weights(out_dir)`` finds them.
+def save_lora(student_unet: nn.Module, out_dir: str | Path, pipeline_class: type | None = None) -> Path:
+    """Write the student's adapters where ``StableDiffusionPipeline.load_lora_weights(out_dir)`` finds them
+    (written by ``pipeline_class.save_lora_weights``: the teacher pipeline's class, StableDiffusionPipeline if
+    None; the UNet keys are the same for Stable Diffusion 1.x/2.x and XL).
 
     Two details make the loaded LoRA equal the trained one:
 
@@ -96,8 +98,9 @@ def save_lora(student_unet: nn.Module, out_dir: str | Path) -> Path:
     from diffusers import StableDiffusionPipeline
 
     metadata = student_unet.peft_config[ADAPTER].to_dict()
-    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=lora_state_dict(student_unet),
-                                              unet_lora_adapter_metadata=metadata)
+    writer = pipeline_class or StableDiffusionPipeline
+    writer.save_lora_weights(out_dir, unet_lora_layers=lora_state_dict(student_unet),
+                             unet_lora_adapter_metadata=metadata)
     return Path(out_dir) / LORA_WEIGHTS_FILE
 
 

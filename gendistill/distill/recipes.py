@@ -7,10 +7,11 @@ LCMConfig, ProgressiveConfig), so the run never branches on the recipe's kind.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
-from gendistill.backends.lora import has_lora, merge_lora
+from gendistill.backends.lora import has_lora, merge_lora, save_lora
 from gendistill.distill.export import StudentSampling
 from gendistill.recipe import Recipe
 
@@ -33,3 +34,12 @@ class BoundRecipe:
         """The UNet to save: ``weights`` (e.g. the EMA) or the student, with any LoRA merged in."""
         unet = weights if weights is not None else self.student_unet
         return merge_lora(unet) if has_lora(unet) else unet
+
+    def export_lora(self, out_dir: str | Path, weights: nn.Module | None = None,
+                    pipeline_class: type | None = None) -> Path | None:
+        """A LoRA student's adapters, of ``weights`` (e.g. the EMA) or the student, as
+        ``out_dir/pytorch_lora_weights.safetensors``: stock ``pipe.load_lora_weights(out_dir)`` applies them to
+        the teacher (giving the merged export) or to a fine-tune of it. None, writing nothing, for a student
+        without LoRA."""
+        unet = weights if weights is not None else self.student_unet
+        return save_lora(unet, out_dir, pipeline_class) if has_lora(unet) else None

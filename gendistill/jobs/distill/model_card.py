@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from gendistill.backends.lora import LORA_WEIGHTS_FILE
 from gendistill.backends.student_card import StudentCard
 from gendistill.jobs.distill.report import DistillReport
 
@@ -26,8 +27,9 @@ def write_model_card(pipeline: Path, config, card: StudentCard, report: DistillR
     run_config = pipeline.parent / "config.yaml"
     if run_config.is_file():
         shutil.copyfile(run_config, pipeline / "training_config.yaml")
-    text = "\n\n".join([_front_matter(card), _usage(pipeline, card), _training(config, card, command),
-                        _evaluation(report)]) + "\n"
+    sections = [_front_matter(card), _usage(pipeline, card), _lora_usage(pipeline.parent / "lora", config, card),
+                _training(config, card, command), _evaluation(report)]
+    text = "\n\n".join(section for section in sections if section) + "\n"
     path = pipeline / "README.md"
     path.write_text(text)
     return path
@@ -53,6 +55,29 @@ def _usage(pipeline: Path, card: StudentCard) -> str:
             f"guidance_scale={guidance:g}).images[0]\n```\n\n"
             f"It takes up to {card.max_steps} steps; `gendistill generate --model {pipeline}` gives the same "
             f"images for the same seed.")
+
+
+def _lora_usage(lora_dir: Path, config, card: StudentCard) -> str:
+    """For a LoRA student (its run wrote ``lora_dir``): the LCM-LoRA one-liner on the teacher or a fine-tune of
+    it; empty otherwise."""
+    if not (lora_dir / LORA_WEIGHTS_FILE).is_file():
+        return ""
+    extra = ""  # the scheduler settings the student was trained with, where LCMScheduler's defaults differ
+    original_steps, scaling = getattr(config.recipe, "num_ddim_timesteps", 50), getattr(config.recipe,
+                                                                                      "timestep_scaling", 10.0)
+    if original_steps != 50:
+        extra += f", original_inference_steps={original_steps}"
+    if scaling != 10.0:
+        extra += f", timestep_scaling={scaling:g}"
+    return (f"## As a LoRA (LCM-LoRA)\n\nThe adapters alone are in `{lora_dir}` "
+            f"(`{LORA_WEIGHTS_FILE}`); this folder's UNet is the teacher with them merged in. Apply them to the "
+            f"teacher, or to a fine-tune of it, with stock diffusers:\n\n```python\n"
+            f"from diffusers import DiffusionPipeline, LCMScheduler\n"
+            f"pipe = DiffusionPipeline.from_pretrained(\"{card.teacher}\")\n"
+            f"pipe.load_lora_weights(\"{lora_dir}\")\n"
+            f"pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config{extra})\n"
+            f"image = pipe(\"a red cube, front view\", num_inference_steps={card.steps}, "
+            f"guidance_scale={card.guidance or 0.0:g}).images[0]\n```")
 
 
 def _training(config, card: StudentCard, command: str | None) -> str:

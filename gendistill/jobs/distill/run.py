@@ -1,6 +1,7 @@
 """``gendistill distill``: train a few-step student from a diffusers teacher and export it for diffusers.
 
-The output folder gets ``pipeline/`` (the student, loadable by stock diffusers), ``metrics.json`` and the
+The output folder gets ``pipeline/`` (the student, loadable by stock diffusers), for a LoRA student also
+``lora/pytorch_lora_weights.safetensors`` (its adapters, for ``pipe.load_lora_weights``), ``metrics.json`` and the
 teacher-vs-student table, ``grid.png`` (teacher and student on the same seeds and prompts),
 ``curves.png`` (losses and quality over training), ``config.yaml`` (the resolved config) and
 ``checkpoints/`` (for ``--resume``).
@@ -125,7 +126,7 @@ def _process_state():
 def _finish(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, unet: nn.Module, result,
             out_dir: Path, command: str | None) -> DistillResult:
     """Export the trained UNet, write the student card, curves, final report and model card (one process)."""
-    pipeline = export_student(teacher.pipe, bound.export_unet(unet), bound.sampling, out_dir / "pipeline")
+    pipeline = _export(teacher, bound, unet, out_dir)
     card = _write_student_card(pipeline, config, bound, result.seconds)
     plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
     report = None
@@ -136,11 +137,19 @@ def _finish(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe
     return DistillResult(out_dir, pipeline, result.seconds, report)
 
 
+def _export(teacher: TextToImageModel, bound: BoundRecipe, unet: nn.Module, out_dir: Path) -> Path:
+    """``out_dir/pipeline`` (the trained UNet, any LoRA merged) and, for a LoRA student, ``out_dir/lora`` (its
+    adapters alone, for ``pipe.load_lora_weights`` on the teacher or a fine-tune of it); both from ``unet``,
+    the EMA when the run keeps one."""
+    pipeline = export_student(teacher.pipe, bound.export_unet(unet), bound.sampling, out_dir / "pipeline")
+    bound.export_lora(out_dir / "lora", unet, type(teacher.pipe))
+    return pipeline
+
+
 def _write_stopped(config: DistillConfig, teacher: TextToImageModel, bound: BoundRecipe, trainer: Trainer,
                    result, out_dir: Path, command: str | None) -> None:
     """What a stopped run keeps besides its checkpoint: the student as it is, its card, the curves and why."""
-    pipeline = export_student(teacher.pipe, bound.export_unet(_trained_unet(trainer, bound)), bound.sampling,
-                              out_dir / "pipeline")
+    pipeline = _export(teacher, bound, _trained_unet(trainer, bound), out_dir)
     card = _write_student_card(pipeline, config, bound, result.seconds)
     plot_curves(result.history, out_dir / "curves.png", title=f"{config.recipe.KIND} on {config.teacher}")
     write_model_card(pipeline, config, card, None, command)
