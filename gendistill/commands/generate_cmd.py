@@ -10,7 +10,8 @@ from gendistill.diffusion.samplers import SAMPLERS
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="sample images from a diffusers text-to-image pipeline",
                        description="Sample images from a diffusers text-to-image pipeline folder (or hub id) with "
-                                   "gendistill's samplers; writes a grid PNG and prints NFE and seconds per image.",
+                                   "gendistill's samplers; writes a grid PNG (the image itself for --num-images 1) "
+                                   "and prints NFE and seconds per image.",
                        formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True,
                    help="diffusers pipeline folder, shipped model (e.g. shapes-dmd2-1step) or hub id (owner/name)")
@@ -26,14 +27,14 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
     p.add_argument("--karras", action="store_true", help="Karras sigmas instead of the model's own timesteps")
     p.add_argument("--seed", type=int, default=0, help="random seed (diffusers' seed-to-noise convention)")
-    p.add_argument("--num-images", type=int, default=4, help="images to sample (one grid)")
+    p.add_argument("--num-images", type=int, default=4, help="images to sample (one grid; 1 writes the image itself)")
     p.add_argument("--base-model", default=None,
                    help="hybrid sampling (diversity distillation): this model (e.g. the teacher) takes the first "
                         "--base-steps of the --steps, --model the rest")
     p.add_argument("--base-steps", type=int, default=0, help="how many of the --steps --base-model takes")
     p.add_argument("--base-guidance", type=float, default=7.5, help="guidance scale for --base-model")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--out", required=True, help="output grid PNG")
+    p.add_argument("--out", required=True, help="output PNG (the grid, or the one image)")
     p.set_defaults(run=run)
 
 
@@ -52,7 +53,8 @@ def run(args) -> int:
     model = TextToImageModel(load_pipeline(args.model, device=device))
     base = TextToImageModel(load_pipeline(args.base_model, device=device)) if args.base_model else None
     result = generate(model, request, base)
-    path = save_png(make_grid(result.images), args.out)
+    images = result.images
+    path = save_png(images[0] if len(images) == 1 else make_grid(images), args.out)  # one image: no frame
     print(f"wrote {path}: {request.num_images} images, NFE {result.nfe:g} per image, "
           f"{result.seconds_per_image:.3f} s per image")
     return 0

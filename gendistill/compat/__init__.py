@@ -19,10 +19,16 @@ def prepare_process() -> None:
     - declares torchvision's missing op schemas under a CPU-only torch
       (:func:`~gendistill.compat.torchvision_ops.define_missing_torchvision_ops`), so that diffusers and
       transformers, which import torchvision whenever it is installed, can be imported.
+    - drops the third-party notices every run would print and that say nothing to a user (transformers'
+      "requires torchvision (not installed); falling back" line), by exact wording on the logger that emits
+      them (:mod:`gendistill.compat.notices`); other warnings still show.
 
     Safe to call more than once.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from gendistill.compat.notices import silence_known_notices
+
+    silence_known_notices()
     from gendistill.compat.torchvision_ops import define_missing_torchvision_ops  # imports torch
 
     define_missing_torchvision_ops()

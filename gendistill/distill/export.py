@@ -42,9 +42,12 @@ def student_scheduler(teacher_scheduler_config: dict, sampling: StudentSampling)
 
 def export_student(teacher_pipe, student_unet: nn.Module, sampling: StudentSampling, out_dir: str | Path) -> Path:
     """Write the teacher pipeline with the student UNet and scheduler to ``out_dir`` (safetensors)."""
+    from gendistill.backends.loading import quiet_pipeline_notices
+
     scheduler = student_scheduler(dict(teacher_pipe.scheduler.config), sampling)
     components = {**teacher_pipe.components, "unet": student_unet, "scheduler": scheduler}
-    pipe = type(teacher_pipe)(**components)
+    with quiet_pipeline_notices():  # the safety checker we leave out on purpose; steps_offset, unused by trailing
+        pipe = type(teacher_pipe)(**components)
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

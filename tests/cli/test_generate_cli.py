@@ -1,8 +1,11 @@
 """`gendistill generate`: writes a grid, documents every option, and answers user errors in one line."""
 
+import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -85,3 +88,56 @@ def test_help_documents_every_option(capsys):
     for option in ("--model", "--prompt", "--negative-prompt", "--steps", "--sampler", "--eta", "--guidance",
                    "--seed", "--num-images", "--base-model", "--base-steps", "--out"):
         assert option in text
+
+
+def test_one_image_is_written_as_itself_without_a_frame(sd_folder, tmp_path, capsys):
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    common = ["generate", "--model", str(sd_folder), "--prompt", "a red cube", "--steps", "2", "--seed", "3"]
+    assert run(capsys, *common, "--num-images", "1", "--out", str(one))[0] == 0
+    assert run(capsys, *common, "--num-images", "2", "--out", str(two))[0] == 0
+    image = np.asarray(Image.open(one))
+    assert image.shape == (16, 16, 3)  # the pipeline's own size: no one-cell grid, no white frame
+    assert np.array_equal(image, np.asarray(Image.open(two))[2:18, 2:18])  # the grid's first cell, same seed
+
+
+# what stock diffusers/transformers print on every run of a pipeline like ours, and must not reach our users
+NOTICES = ("requires torchvision", "falling back to", "safety checker", "safety_checker", "steps_offset",
+           "FutureWarning", "DeprecationWarning", "deprecated")
+
+
+def test_generate_prints_no_third_party_notices(tmp_path):
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(folder, seed=0, scheduler=dict(steps_offset=0))  # the steps_offset notice's trigger
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "requires_safety_checker": True}))  # and this one's
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "gendistill", "generate", "--model", str(folder), "--prompt", "a cube",
+                           "--steps", "2", "--num-images", "1", "--out", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = [n for n in NOTICES if n in proc.stderr]
+    assert not found, proc.stderr[-3000:]
+
+
+def test_notice_filters_keep_real_warnings():
+    import logging
+
+    from gendistill.compat.notices import silence_known_notices
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    silence_known_notices()
+    logger, collect = logging.getLogger("transformers.utils.import_utils"), Collect()
+    logger.addHandler(collect)  # transformers' loggers do not propagate to the root, so caplog sees nothing
+    try:
+        logger.warning("`XImageProcessor` requires torchvision (not installed); falling back to `XImageProcessorPil`")
+        logger.warning("something real went wrong")
+    finally:
+        logger.removeHandler(collect)
+    assert collect.messages == ["something real went wrong"]
