@@ -109,6 +109,19 @@ def check_nested(student: Tensor, teacher: Tensor) -> None:
                         f"divide the number of training timesteps")
 
 
+def check_exportable_steps(final_steps: int, num_train_timesteps: int, path: str = "recipe") -> None:
+    """Raise a UserError unless ``final_steps`` divides the training timesteps. The exported trailing
+    ``DDIMScheduler`` steps from each timestep to ``t - T // n``: only for a divisor ``n`` is that the next grid
+    timestep, and the last step lands at alpha-bar 1. (Checked here, not in ``ProgressiveConfig.check``: the
+    teacher's ``T`` is known only once it is loaded.)"""
+    T = num_train_timesteps
+    if T % final_steps:
+        choices = ", ".join(str(d) for d in range(1, T // 4 + 1) if T % d == 0)  # start >= 2 final, 2 start <= T
+        raise UserError(f"{key_path(path, 'final_steps')} must divide the teacher's {T} training timesteps, or the "
+                        f"exported DDIM scheduler samples off the trained grid and ends at alpha-bar != 1; choose "
+                        f"one of {choices}, got {final_steps}")
+
+
 def stage_grids(alphas_cumprod: Tensor, n: int) -> StageGrids:
     """The N- and 2N-step grids of a stage whose student takes ``n`` steps, checked to nest."""
     schedule = DiscreteVPSchedule(alphas_cumprod, "trailing")
@@ -215,6 +228,7 @@ class ProgressiveRecipe:
         self.models, self.config = TeacherStudent(model, student), config
         self.stage_steps = config.student_steps()
         self.grids = [stage_grids(model.alphas_cumprod, n) for n in self.stage_steps]
+        check_exportable_steps(config.final_steps, len(model.alphas_cumprod))
         self.stage_teacher_unet = copy.deepcopy(self.models.student_unet).eval().requires_grad_(False)
         self.counter = StageCounter()
         self.student = self.models.student()

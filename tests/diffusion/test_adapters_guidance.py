@@ -139,3 +139,38 @@ def test_hybrid_hands_over_at_the_split(gmm):
     assert calls == [1.0]
     with pytest.raises(ValueError, match="base_steps"):
         split_for_hybrid(sigmas, 2)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample", "flow"])
+def test_guidance_rescale_matches_the_conditional_std_in_the_networks_prediction_space(prediction):
+    from gendistill.diffusion.adapters import flow_velocity_from_x0, vp_output_from_x0
+
+    def network_output(x0, x, sigma):
+        if prediction == "flow":
+            return flow_velocity_from_x0(x0, x, sigma)
+        return vp_output_from_x0(x0, x, sigma, prediction)
+
+    pattern = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
+
+    class Toy:  # branches not collinear in x, so the std match depends on the units
+        def __call__(self, x, sigma, cond):
+            c = cond.embeds.reshape(-1, 1)
+            return x * c + c**2 * pattern
+
+    Toy.prediction = prediction  # read through the wrapper chain, as from VPDenoiser / FlowDenoiser
+
+    class Counter:  # like generation's NFE counter: wraps the denoiser as ``inner``
+        inner = Toy()
+
+        def __call__(self, x, sigma, cond):
+            return self.inner(x, sigma, cond)
+
+    g = torch.Generator().manual_seed(0)
+    x, sigma = torch.randn(1, 64, generator=g) * 3.0, torch.tensor(2.0)
+    cond, uncond = TextCondition(torch.tensor([[0.5]])), TextCondition(torch.tensor([[0.2]]))
+    full = CFGDenoiser(Counter(), uncond, scale=7.0, rescale=1.0)(x, sigma, cond)
+    out_cond, out_full = network_output(Toy()(x, sigma, cond), x, sigma), network_output(full, x, sigma)
+    assert torch.allclose(out_full.std(), out_cond.std(), rtol=1e-5)
+    if prediction != "epsilon":  # the rescale is not the same in epsilon units
+        eps_cond, eps_full = (x - Toy()(x, sigma, cond)) / sigma, (x - full) / sigma
+        assert not torch.allclose(eps_full.std(), eps_cond.std(), rtol=1e-3)

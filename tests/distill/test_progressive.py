@@ -184,6 +184,28 @@ def test_grids_that_do_not_nest_are_a_clear_config_error():
         ProgressiveRecipe(model, ProgressiveConfig(start_steps=12, final_steps=6))
 
 
+def test_final_steps_that_do_not_divide_the_training_timesteps_are_rejected_naming_the_choices():
+    """diffusers' trailing DDIM steps from t to t - T // n: for n = 6 of 1000 it visits 999 -> 833 (the grid
+    lists 832) and ends at alpha-bar[0] = 0.99915, not 1, so such a student would be exported off its grid."""
+    from diffusers import DDIMScheduler
+
+    from gendistill.distill.export import StudentSampling, student_scheduler
+
+    model = standin_model(nn.Linear(1, 1))
+    with pytest.raises(UserError) as err:
+        ProgressiveRecipe(model, ProgressiveConfig(start_steps=12, final_steps=6))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("recipe.final_steps must divide the teacher's 1000 training")
+    assert message.endswith("choose one of 1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 125, 200, 250, got 6")
+    for final in (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 125, 200, 250):  # every listed choice exports exactly
+        scheduler = student_scheduler(dict(DDIMScheduler().config), StudentSampling("ddim"))
+        scheduler.set_timesteps(final)
+        ts = scheduler.timesteps.tolist()
+        steps_to = [t - 1000 // final for t in ts]
+        assert steps_to[:-1] == ts[1:] and steps_to[-1] < 0 and scheduler.final_alpha_cumprod == 1
+    ProgressiveRecipe(model, ProgressiveConfig(start_steps=10, final_steps=5))  # a divisor that is not 2^k
+
+
 def test_config_chain_and_errors():
     assert ProgressiveConfig(start_steps=32, final_steps=4).student_steps() == [16, 8, 4]
     assert ProgressiveConfig(start_steps=2, final_steps=1).student_steps() == [1]
