@@ -15,7 +15,10 @@ orbit cameras (no images), the model renders their rays, and the loss is score d
   range of the shapes teacher's data.
 
 Example: ``ns-train gendistill-sds --pipeline.model.prompt "a blue cube" --vis tensorboard``
-(``--pipeline.model.guidance-model DIR`` for another model).
+(``--pipeline.model.guidance-model DIR`` for another model). It runs on the CPU where there is no CUDA
+(``--machine.device-type`` defaults to cuda only where torch sees one). ``ns-train`` imports torchvision before
+this module; under a CPU-only torch, ``gendistill_torchvision_shim.pth`` (installed with the package, see
+``gendistill.compat._startup``) lets that import succeed.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from gendistill.shipped import shipped_models_dir
 define_missing_torchvision_ops()  # before nerfstudio: makes torchvision importable under CPU torch
 
 try:
-    from nerfstudio.configs.base_config import ViewerConfig
+    from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
     from nerfstudio.data.datamanagers.random_cameras_datamanager import RandomCamerasDataManagerConfig
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
     from nerfstudio.engine.optimizers import AdamOptimizerConfig
@@ -202,6 +205,12 @@ def _shapes_focal() -> float:
     return 0.5 / math.tan(math.radians(FOV_DEG) / 2)
 
 
+def default_device_type() -> str:
+    """nerfstudio's ``--machine.device-type`` default: cuda where there is one, else the CPU (nerfstudio's own
+    default is cuda, which fails on a CPU machine)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _optimizer(lr: float, steps: int) -> dict:
     return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr * 0.3, max_steps=steps)}
@@ -215,6 +224,7 @@ gendistill_sds = MethodSpecification(
         steps_per_save=200,
         max_num_iterations=DEFAULT_STEPS,
         mixed_precision=False,
+        machine=MachineConfig(device_type=default_device_type()),
         pipeline=VanillaPipelineConfig(
             datamanager=RandomCamerasDataManagerConfig(
                 train_resolution=64, eval_resolution=64, num_eval_angles=8, radius_mean=DISTANCE, radius_std=0.0,

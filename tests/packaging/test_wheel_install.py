@@ -83,6 +83,17 @@ def test_the_wheel_carries_the_shipped_models_and_presets(wheel):
     assert set(shipped) <= set(names)  # every shipped file, not just the ones named above
 
 
+def test_the_wheel_installs_the_torchvision_startup_hook(wheel, venv, empty):
+    """``gendistill_torchvision_shim.pth`` sits at the wheel's root (site-packages once installed) and puts the
+    shim's finder on ``sys.meta_path`` of every interpreter of the venv (what ``ns-train`` needs)."""
+    assert "gendistill_torchvision_shim.pth" in zipfile.ZipFile(wheel).namelist()
+    assert list(venv.glob("lib/python*/site-packages/gendistill_torchvision_shim.pth"))
+    code = ("import sys; shims = [f for f in sys.meta_path if type(f).__name__ == 'TorchvisionOpsShim']; "
+            "print(len(shims), sys.modules[type(shims[0]).__module__].__file__, 'torch' in sys.modules)")
+    count, where, torch_loaded = _run([str(venv / "bin" / "python"), "-c", code], cwd=empty).stdout.split()
+    assert count == "1" and where.startswith(str(venv)) and torch_loaded == "False"  # the wheel's; no torch yet
+
+
 def test_installed_gendistill_is_the_wheel_not_the_checkout(venv, empty):
     code = "import gendistill, gendistill.shipped as s; print(gendistill.__file__); print(s.shipped_models_dir())"
     out = _run([str(venv / "bin" / "python"), "-c", code], cwd=empty).stdout.splitlines()
