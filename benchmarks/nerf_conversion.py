@@ -83,6 +83,9 @@ def run_on_trainer(recipe, steps: int, phase: str, on_step=None, progress: bool 
 
 
 def main(argv=None) -> int:
+    from gendistill.compat import prepare_process
+
+    prepare_process()  # as the gendistill command does: the torchvision shim, passive OpenMP waits
     from gendistill.convert.data import shapes_views
     from gendistill.convert.measure import field_psnr, psnr
 

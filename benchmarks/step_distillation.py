@@ -22,6 +22,9 @@ def shipped_students(assets: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
+    from gendistill.compat import prepare_process
+
+    prepare_process()  # as the gendistill command does: the torchvision shim, passive OpenMP waits
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
     from gendistill.domains.shapes.evaluation import ShapesEvaluator, default_guidance, evaluate_model, format_table

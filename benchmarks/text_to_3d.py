@@ -315,6 +315,9 @@ def record_row(out: Path, record: dict | None, header: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from gendistill.compat import prepare_process
+
+    prepare_process()  # as the gendistill command does: the torchvision shim, passive OpenMP waits
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="sds", help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--representations", default="gaussians", help="gaussians or gaussians,nerf")

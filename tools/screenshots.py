@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(ROOT))
+    from gendistill.compat import prepare_process
+
+    prepare_process()
     from gendistill.app.demo import DemoOptions, launch
 
     out = Path(args.out)
