@@ -52,7 +52,8 @@ def validate(prompt: str, config: Text3DConfig) -> None:
 
 def trainer_config(config: Text3DConfig, extra_phases: list[str]) -> TrainerConfig:
     """The trainer of a text-to-3D run: one step per iteration, Adam on the scene (eps 1e-15, as 3DGS) and on
-    the guidance's own phases."""
+    the guidance's own phases. The scene's rates are its parameter groups' own (``lr`` here is only their
+    fallback)."""
     optimizers = {"scene": OptimizerConfig(kind="adam", lr=1e-3, betas=tuple(config.scene.betas), eps=1e-15)}
     optimizers.update({name: OptimizerConfig(kind="adam", lr=config.optim.fake_score_lr) for name in extra_phases})
     r = config.run
