@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gendistill.config import save_config
-from gendistill.convert.data import MultiViewData, sphere_cameras
+from gendistill.convert.data import sphere_cameras
 from gendistill.convert.fit import FIELD_PHASE, NerfFitRecipe, field_optimizer
 from gendistill.convert.measure import psnr, render_splats, splat_views, teacher_views
 from gendistill.convert.pvd import STUDENT_PHASE, PVDRecipe
