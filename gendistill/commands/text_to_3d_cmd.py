@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
                                    "field.safetensors and the marching-cubes mesh scene_mesh.ply/.obj/.glb), a "
                                    "turntable GIF, held-out views, metrics.json, curves.png and the resolved "
                                    "config.yaml; shapes captions also get eval3d.json (silhouette IoU, colour error, "
-                                   "prompt accuracy) and checkpoints/ (--resume). Ctrl-C stops the run after the current step and still writes them.",
+                                   "prompt accuracy) and checkpoints/ (--resume). Ctrl-C stops the run after the "
+                                   "current step and still writes them.",
                        formatter_class=DefaultsFormatter)
     p.add_argument("prompt", help="what to make, e.g. 'a red sphere'")
     p.add_argument("--representation", default=None,

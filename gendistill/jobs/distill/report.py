@@ -10,7 +10,8 @@ import torch
 
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.domains.shapes import all_scenes, caption
-from gendistill.domains.shapes.evaluation import ModelQuality, ShapesEvaluator, default_guidance, evaluate_model, format_table
+from gendistill.domains.shapes.evaluation import (ModelQuality, ShapesEvaluator, default_guidance, evaluate_model,
+                                                  format_table)
 from gendistill.backends.generation import GenerationRequest, generate
 from gendistill.render.images import make_grid, save_png
 
