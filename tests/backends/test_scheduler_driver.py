@@ -1,0 +1,118 @@
+"""The generic scheduler driver reproduces stock StableDiffusionPipeline latents for diffusers' schedulers."""
+
+from itertools import pairwise
+
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from tiny_pipelines import tiny_sd_pipeline
+
+from gendistill.backends.generation import GenerationRequest, guided_denoiser
+from gendistill.backends.scheduler_driver import (
+    SchedulerStep,
+    TimestepUnits,
+    final_latents,
+    fresh_scheduler,
+    sample_with_scheduler,
+)
+from gendistill.backends.text_to_image import TextToImageModel
+
+TOL = 1e-4
+PROMPT, STEPS, GUIDANCE, SEED = "a red cube", 6, 5.0, 3
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {}),
+    "dpm++2m-karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+XFAIL = {  # (name, prediction) -> reason with the measured difference
+    ("heun", "epsilon"): "measured 1.22e-4 (2^-13) on final latents of magnitude ~61: float32 rounding over Heun's "
+                         "11 evaluations, not a mismatch (in float64 the difference is 2e-13, "
+                         "test_heun_is_exact_in_float64)",
+}
+
+
+def stock(pipe, scheduler_cls, extra, **call):
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **extra)
+    return pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="latent",
+                generator=torch.Generator().manual_seed(SEED), **call).images
+
+
+def driven(pipe, guidance_rescale=0.0):
+    model = TextToImageModel(pipe)
+    request = GenerationRequest(PROMPT, steps=STEPS, guidance=GUIDANCE, seed=SEED, guidance_rescale=guidance_rescale)
+    denoiser, cond, _ = guided_denoiser(model, request, request.guidance)
+    generator = torch.Generator().manual_seed(SEED)
+    noise = torch.randn(model.latent_shape(1), generator=generator)
+    scheduler = fresh_scheduler(pipe.scheduler)
+    with torch.inference_mode():
+        return list(sample_with_scheduler(scheduler, denoiser, noise, cond, STEPS, TimestepUnits.of(model),
+                                          generator=generator))
+
+
+def _case(name, prediction):
+    reason = XFAIL.get((name, prediction))
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(name, prediction, marks=marks, id=f"{name}-{prediction}")
+
+
+@pytest.mark.parametrize("name,prediction", [_case(n, p) for p in ("epsilon", "v_prediction") for n in SCHEDULERS])
+def test_matches_stock_pipeline(name, prediction):
+    pipe = tiny_sd_pipeline(seed=1, prediction_type=prediction)
+    cls, extra = SCHEDULERS[name]
+    expected = stock(pipe, cls, extra)
+    steps = driven(pipe)
+    got = steps[-1].latents
+    diff = (got - expected).abs().max().item()
+    print(f"{name} {prediction}: {diff:.3g}")
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("name", ["dpm++2m-karras", "unipc"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_guidance_rescale_matches_stock_pipeline(name, prediction):
+    pipe = tiny_sd_pipeline(seed=1, prediction_type=prediction)
+    cls, extra = SCHEDULERS[name]
+    expected = stock(pipe, cls, extra, guidance_rescale=0.7)
+    diff = (driven(pipe, guidance_rescale=0.7)[-1].latents - expected).abs().max().item()
+    print(f"{name} {prediction} rescale 0.7: {diff:.3g}")
+    assert diff <= TOL
+
+
+def test_yields_typed_steps_one_per_timestep_and_keeps_the_pipelines_scheduler():
+    pipe = tiny_sd_pipeline(seed=1)
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    steps = driven(pipe)
+    assert len(steps) == 2 * STEPS - 1  # Heun: one entry per network evaluation
+    assert all(isinstance(s, SchedulerStep) and s.index == i for i, s in enumerate(steps))
+    assert [s.sigma for s in steps][-1] == 0.0 and all(a.sigma >= b.sigma for a, b in pairwise(steps))
+    assert pipe.scheduler.step_index is None  # the driver ran a fresh copy
+    assert torch.equal(final_latents(iter(steps)), steps[-1].latents)
+
+
+def test_heun_is_exact_in_float64():
+    """The one float32 case above 1e-4 is rounding: in float64 the driver and the pipeline agree to 1e-10."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        pipe = tiny_sd_pipeline(seed=1).to(torch.float64)
+        expected = stock(pipe, HeunDiscreteScheduler, {})
+        got = driven(pipe)[-1].latents
+    finally:
+        torch.set_default_dtype(default)
+    assert got.dtype == torch.float64 and (got - expected).abs().max().item() <= 1e-10
