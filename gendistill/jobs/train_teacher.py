@@ -1,8 +1,5 @@
 """``gendistill train-teacher``: train the shapes teacher on the one trainer, export it, evaluate it, print.
 
-Also a module: ``python -m gendistill.jobs.train_teacher --config FILE --out DIR [--set k=v] [--resume]
-[--export-only]``.
-
 The stages of :mod:`gendistill.domains.shapes.teacher_recipes` (VAE, then text encoder + UNet, then VAE
 decoder) run as sequential trainer runs, one ``Trainer`` each. Layout of ``out_dir``: ``config.yaml`` (the
 resolved config), ``cache/`` (renders and latents, remade if absent), ``checkpoints/<stage>/checkpoints/``
@@ -37,7 +34,7 @@ from gendistill.domains.shapes.teacher_recipes import (
     EMA_MODULE, DecoderStage, DiffusionStage, TeacherRecipe, TeacherStage, VAEStage, fold_latent_statistics,
     teacher_modules,
 )
-from gendistill.errors import RunStopped, UserError
+from gendistill.errors import UserError
 from gendistill.jobs.threads import AdaptiveThreads
 from gendistill.run_dir import prepare_out_dir
 from gendistill.train.checkpoint import (CheckpointData, checkpoints_newest_first, load_module_state,
@@ -264,45 +261,3 @@ def _newest_stage_checkpoint(root: Path) -> tuple[str, CheckpointData] | None:
             except UserError:
                 continue
     return None
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m gendistill.jobs.train_teacher --config FILE --out DIR [--set k=v] [--resume] [--export-only]``."""
-    import argparse
-
-    from gendistill.config import load_config
-    from gendistill.shipped import resolve_preset
-
-    parser = argparse.ArgumentParser(prog="python -m gendistill.jobs.train_teacher",
-                                     description="Train the shapes teacher (a tiny Stable Diffusion).")
-    parser.add_argument("--config", default="shapes-teacher", help="YAML config or shipped preset name")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--out", required=True, help="output folder (checkpoints/, pipeline/)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    parser.add_argument("--export-only", action="store_true",
-                        help="export OUT/pipeline from the newest checkpoint without training")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(TeacherConfig, resolve_preset(args.config, ""), args.set)
-        if args.export_only:
-            pipeline_dir = export_from_checkpoint(config, args.out)
-        else:
-            pipeline_dir = train_teacher(config, args.out, resume=args.resume).pipeline_dir
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RunStopped as err:
-        print(f"stopped: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; --resume continues from the checkpoints", file=sys.stderr)
-        return 130
-    print(f"teacher exported to {pipeline_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
