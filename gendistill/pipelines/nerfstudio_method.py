@@ -184,7 +184,9 @@ class GendistillSDSModel(Model):
         from gendistill.jobs.text_to_3d.views import make_view_prompter, resolve_view_prompts
 
         c = self.config
-        prompter = make_view_prompter(resolve_view_prompts(c.view_prompts, c.guidance_model))
+        if "prompter" not in self.__dict__:  # auto reads the model's gendistill.json: once, not every batch
+            self.__dict__["prompter"] = make_view_prompter(resolve_view_prompts(c.view_prompts, c.guidance_model))
+        prompter = self.__dict__["prompter"]
         return [prompter.prompt(c.prompt, camera_from_angles(v, central))
                 for v, central in zip(batch["vertical"].tolist(), batch["central"].tolist())]
 

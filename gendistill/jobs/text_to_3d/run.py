@@ -28,7 +28,8 @@ from gendistill.devices import pick_device
 from gendistill.errors import UserError
 from gendistill.jobs.text_to_3d.config import Text3DConfig
 from gendistill.jobs.text_to_3d.outputs import Text3DResult, write_outputs
-from gendistill.jobs.text_to_3d.views import camera_features, check_view_prompts, training_cameras, training_prompts
+from gendistill.jobs.text_to_3d.views import (camera_features, check_view_prompts, training_cameras, training_prompts,
+                                             view_prompter)
 from gendistill.render.cameras import stack_cameras
 from gendistill.render.scene import Scene
 from gendistill.score.scene_recipe import ImagePriors, SceneDistillationRecipe, Views
@@ -64,9 +65,11 @@ def trainer_config(config: Text3DConfig, extra_phases: list[str]) -> TrainerConf
 
 def view_sampler(config: Text3DConfig, size: tuple[int, int], device: torch.device):
     """The job's batch function: ``batch_size`` cameras from the rig and one prompt per view."""
+    prompter = view_prompter(config)
+
     def sample(step: int, generator: torch.Generator) -> Views:
         cams = training_cameras(config, config.batch_size, generator, size)
-        return Views(stack_cameras(cams).to(device), training_prompts(config, cams),
+        return Views(stack_cameras(cams).to(device), training_prompts(config, cams, prompter),
                      camera_features(cams).to(device))
     return sample
 
@@ -98,7 +101,7 @@ def run_text_to_3d(prompt: str, config: Text3DConfig, out_dir: str | Path, progr
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     recipe, size, device = _build(config)
-    extra = [p.name for p in recipe.phases()[1:]]
+    extra = [p.name for p in recipe.guidance.extra_phases()]
 
     def write(result: TrainResult) -> Text3DResult:
         history = [_flat_row(row) for row in result.history if "scene/loss" in row]

@@ -68,10 +68,15 @@ def check_view_prompts(prompt: str, config: Text3DConfig) -> None:
                         f"set cameras.view_prompts=suffix for any other prompt)") from None
 
 
-def training_prompts(config: Text3DConfig, cameras: list[Camera]) -> list[str]:
-    """The prompt of each view: ``config.prompt`` through the configured template, with each camera's view
-    phrase when ``cameras.view_dependent_prompts`` is on (else without one)."""
-    prompter = make_view_prompter(resolve_view_prompts(config.cameras.view_prompts, config.model))
+def view_prompter(config: Text3DConfig) -> ViewPrompter:
+    """The run's prompter (``auto`` reads the model folder's gendistill.json: resolve it once per run)."""
+    return make_view_prompter(resolve_view_prompts(config.cameras.view_prompts, config.model))
+
+
+def training_prompts(config: Text3DConfig, cameras: list[Camera], prompter: ViewPrompter | None = None) -> list[str]:
+    """The prompt of each view: ``config.prompt`` through the configured template (``prompter``, default
+    :func:`view_prompter`), with each camera's view phrase when ``cameras.view_dependent_prompts`` is on."""
+    prompter = prompter or view_prompter(config)
     dependent = config.cameras.view_dependent_prompts
     return [prompter.prompt(config.prompt, cam if dependent else None) for cam in cameras]
 
