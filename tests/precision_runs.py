@@ -3,16 +3,15 @@ CPU bf16 ones (tests/train): each runs a real job with a :class:`TrainerSpy` on 
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from gendistill.config import load_config
-from precision_spy import TrainerSpy, import_job
-from tiny_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
+from precision_spy import TrainerSpy
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "distill").glob("*.yaml"))
@@ -42,19 +41,6 @@ def gsplat_kernels_missing() -> str | None:
             "GPU_CHECK_BUILD_GSPLAT=1 bash benchmarks/gpu_check.sh builds them first)")
 
 
-def make_tiny_teachers(root: Path) -> Path:
-    """Tiny SD and SDXL pipelines, a prompt list and a captioned image folder (every preset's data) in root."""
-    tiny_sd_pipeline(root / "sd", seed=0)
-    tiny_sdxl_pipeline(root / "sdxl", seed=0)
-    (root / "prompts.txt").write_text("a red cube\na blue sphere\n")
-    images = root / "images"
-    images.mkdir()
-    for i, colour in enumerate(["red", "blue"]):
-        Image.new("RGB", (40, 30), colour).save(images / f"{i}.png")
-        (images / f"{i}.txt").write_text(f"a {colour} square")
-    return root
-
-
 def teacher_dir(preset: Path, root: Path) -> Path:
     """The tiny teacher a preset distils (SDXL presets get the SDXL one)."""
     return root / ("sdxl" if preset.name.startswith("sdxl") else "sd")
@@ -62,7 +48,7 @@ def teacher_dir(preset: Path, root: Path) -> Path:
 
 def distill(preset: Path, precision: str, device: str, root: Path, out: Path, monkeypatch, *extra: str):
     """Run the distill job on ``preset`` with the tiny components of ``root`` in ``precision``; (result, spy)."""
-    job = import_job("gendistill.jobs.distill.run", "gendistill.distill.run")
+    job = importlib.import_module("gendistill.jobs.distill.run")
     overrides = [f"teacher={teacher_dir(preset, root)}", f"device={device}", f"trainer.steps={STEPS[precision]}",
                  f"trainer.mixed_precision={precision}", "trainer.checkpoint_every=0", "trainer.eval_every=0",
                  "data.batch_size=2", f"data.prompts_file={root / 'prompts.txt'}",
@@ -85,7 +71,7 @@ def text_to_3d(precision: str, device: str, model: Path, out: Path, monkeypatch,
     import gendistill.render.scenes.gaussians as scenes
     from gendistill.jobs.text_to_3d.config import load_text3d_config
 
-    job = import_job("gendistill.jobs.text_to_3d.run")
+    job = importlib.import_module("gendistill.jobs.text_to_3d.run")
     monkeypatch.setattr(scenes, "GaussianRenderer", partial(scenes.GaussianRenderer, backend=backend))
     spy = TrainerSpy(job.Trainer, precision).install(monkeypatch, job)
     config = load_text3d_config(None, [f"model={model}", f"device={device}", *T3D_SMALL])

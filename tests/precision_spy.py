@@ -8,7 +8,6 @@ network layers produced (proof that autocast was on) and the trainer's loss hist
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from pathlib import Path
 from types import ModuleType
@@ -28,18 +27,6 @@ def fresh_accelerate_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-
-
-def import_job(*names: str) -> ModuleType:
-    """The first of ``names`` that exists (jobs move between packages); an import error inside an existing
-    module is raised, not hidden."""
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name is None or not name.startswith(err.name):
-                raise
-    raise ModuleNotFoundError(f"none of {', '.join(names)} exists")
 
 
 def trained_parameters(trainer) -> dict[str, torch.Tensor]:

@@ -130,3 +130,18 @@ def unet_model(unet, prediction_type: str = "epsilon", **scheduler):
 
     ddim = DDIMScheduler(**{**SD_SCHEDULER, **scheduler, "prediction_type": prediction_type})
     return TextToImageModel(SimpleNamespace(unet=unet, scheduler=ddim, components={"unet": unet}))
+
+
+def make_tiny_teachers(root: Path) -> Path:
+    """Tiny SD and SDXL pipelines, a prompt list and a captioned image folder (every preset's data) in root."""
+    tiny_sd_pipeline(root / "sd", seed=0)
+    tiny_sdxl_pipeline(root / "sdxl", seed=0)
+    (root / "prompts.txt").write_text("a red cube\na blue sphere\n")
+    images = root / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i, colour in enumerate(["red", "blue"]):
+        Image.new("RGB", (40, 30), colour).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(f"a {colour} square")
+    return root

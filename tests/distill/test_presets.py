@@ -6,28 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
 
 from gendistill.config import load_config
 from gendistill.jobs.distill.config import DistillConfig
 from gendistill.jobs.distill.run import run_distill
-from tiny_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
+from tiny_pipelines import make_tiny_teachers
 
 PRESETS = sorted((Path(__file__).parents[2] / "configs" / "distill").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
 def tiny_teachers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    tiny_sd_pipeline(root / "sd", seed=0)
-    tiny_sdxl_pipeline(root / "sdxl", seed=0)
-    (root / "prompts.txt").write_text("a red cube\na blue sphere\n")
-    images = root / "images"
-    images.mkdir()
-    for i, colour in enumerate(["red", "blue"]):
-        Image.new("RGB", (40, 30), colour).save(images / f"{i}.png")
-        (images / f"{i}.txt").write_text(f"a {colour} square")
-    return root
+    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 def tiny_overrides(preset: Path, root: Path) -> list[str]:

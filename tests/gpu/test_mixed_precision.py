@@ -15,14 +15,17 @@ that they still run in a process that trained on CUDA before.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 from gendistill.config import load_config
 from precision_runs import (PRESETS, ROOT, STEPS, UNET_FILE, assert_samples, assert_scene_written, distill,
-                            gsplat_kernels_missing, make_tiny_teachers, teacher_dir, text_to_3d)
-from precision_spy import (DTYPES, TrainerSpy, assert_trained, differing_tensors, fresh_accelerate_state, import_job,
+                            gsplat_kernels_missing, teacher_dir, text_to_3d)
+from precision_spy import (DTYPES, TrainerSpy, assert_trained, differing_tensors, fresh_accelerate_state,
                            non_finite_terms)
+from tiny_pipelines import make_tiny_teachers
 
 pytestmark = pytest.mark.gpu
 PRECISIONS = ("fp16", "bf16")
@@ -52,7 +55,7 @@ def test_distill_preset_trains_in_half_precision_on_cuda(preset, precision, tiny
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_shapes_classifier_trains_in_half_precision_on_cuda(precision, tmp_path, monkeypatch):
-    job = import_job("gendistill.jobs.train_classifier")
+    job = importlib.import_module("gendistill.jobs.train_classifier")
     from gendistill.domains.shapes.classifier_training import ClassifierTrainingConfig
 
     spy = TrainerSpy(job.Trainer, precision).install(monkeypatch, job)
@@ -65,7 +68,7 @@ def test_shapes_classifier_trains_in_half_precision_on_cuda(precision, tmp_path,
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_shapes_teacher_trains_in_half_precision_on_cuda(precision, tmp_path, monkeypatch):
-    job = import_job("gendistill.jobs.train_teacher")
+    job = importlib.import_module("gendistill.jobs.train_teacher")
     steps = STEPS[precision]
     config = load_config(job.TeacherConfig, ROOT / "configs" / "shapes-teacher-tiny.yaml",
                          [f"vae.steps={steps}", f"diffusion.steps={steps}", f"decoder.steps={steps}"])
@@ -98,7 +101,7 @@ def test_nerf_fit_and_pvd_run_in_a_process_that_trained_on_cuda(tmp_path):
     from gendistill.render.nerf import FieldConfig, build_field, save_field
     from gendistill.render.nerf.fields import TensorVMSizes
 
-    convert = import_job("gendistill.jobs.convert")
+    convert = importlib.import_module("gendistill.jobs.convert")
     Accelerator()  # what any distill or text-to-3D trainer leaves behind on a CUDA machine
     fit = convert.load_fit_config(["field.architecture=tensorf-vm", "fit.steps=2", "field.tensorf_vm.resolution=16",
                                    "field.hidden_width=16", "views=4", "holdout_views=2", "resolution=12",
