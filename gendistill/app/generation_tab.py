@@ -81,11 +81,11 @@ def settings_warnings(catalog: ModelCatalog, s: GenerationSettings) -> list[str]
     return out
 
 
-def _describe(name: str, request, nfe: float, seconds_per_image: float, teacher_steps: int = 0) -> str:
+def _describe(name: str, request, result, teacher_steps: int = 0) -> str:
     steps = (f"{teacher_steps} teacher step + {request.steps - teacher_steps} steps" if teacher_steps
              else f"{request.steps} step{'s' * (request.steps != 1)}")
-    return (f"**{name}** · {steps} · sampler {request.sampler} · guidance {request.guidance:g}  \n"
-            f"**NFE {nfe:g}** per image · **{seconds_per_image:.3f} s** per image")
+    return (f"**{name}** · {steps} · sampler {result.sampler} · guidance {request.guidance:g}  \n"
+            f"**NFE {result.nfe:g}** per image · **{result.seconds_per_image:.3f} s** per image")
 
 
 class TeacherCache:
@@ -111,7 +111,7 @@ class TeacherCache:
 def run_comparison(catalog: ModelCatalog, s: GenerationSettings, cache: TeacherCache | None = None
                    ) -> tuple[Panel, Panel]:
     """(teacher panel, model panel) for the same prompt and seed."""
-    from gendistill.backends.generation import GenerationRequest, generate, resolve_sampler
+    from gendistill.backends.generation import GenerationRequest, generate
     from gendistill.render.images import to_pil
 
     request = GenerationRequest(prompt=s.prompt, negative_prompt=s.negative_prompt, steps=s.steps,
@@ -121,10 +121,8 @@ def run_comparison(catalog: ModelCatalog, s: GenerationSettings, cache: TeacherC
     if s.diversity:
         base = catalog.load(catalog.teacher)
         request = replace(request, base_steps=1, base_guidance=catalog.guidance_for(catalog.teacher))
-    request = resolve_sampler(model, request)
     result = generate(model, request, base=base, progress=False)
-    model_panel = Panel([to_pil(x) for x in result.images],
-                        _describe(s.model, request, result.nfe, result.seconds_per_image, request.base_steps))
+    model_panel = Panel([to_pil(x) for x in result.images], _describe(s.model, request, result, request.base_steps))
     if catalog.teacher is None:
         return Panel([], "no teacher model to compare with; start the demo with --teacher DIR"), model_panel
     if s.teacher_steps == 0:
@@ -133,12 +131,10 @@ def run_comparison(catalog: ModelCatalog, s: GenerationSettings, cache: TeacherC
     teacher_panel = cache.get(key) if cache is not None else None
     if teacher_panel is None:
         teacher, guidance = catalog.load(catalog.teacher), catalog.guidance_for(catalog.teacher)
-        teacher_request = resolve_sampler(teacher, replace(request, steps=s.teacher_steps, sampler="auto",
-                                                           base_steps=0, guidance=guidance))
+        teacher_request = replace(request, steps=s.teacher_steps, sampler="auto", base_steps=0, guidance=guidance)
         t = generate(teacher, teacher_request, progress=False)
         name = catalog.teacher if "teacher" in catalog.teacher else f"{catalog.teacher} (teacher)"
-        teacher_panel = Panel([to_pil(x) for x in t.images],
-                              _describe(name, teacher_request, t.nfe, t.seconds_per_image))
+        teacher_panel = Panel([to_pil(x) for x in t.images], _describe(name, teacher_request, t))
         if cache is not None:
             cache.put(key, teacher_panel)
     return teacher_panel, model_panel

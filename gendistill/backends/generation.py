@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gendistill.backends.text_to_image import TextToImageModel
+from gendistill.backends.sampling_route import SamplingRoute, route_for, say_once
+from gendistill.backends.scheduler_driver import TimestepUnits, sample_with_scheduler
+from gendistill.backends.text_to_image import Boundary, TextToImageModel
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.samplers import (
     SAMPLERS, STOCHASTIC, HybridStage, SamplerStep, initial_scale, sample_euler, sample_hybrid, split_for_hybrid,
@@ -39,6 +41,8 @@ class GenerationRequest:
     base_steps: int = 0
     """Hybrid sampling: the base model takes the first ``base_steps`` of the ``steps``, the model the rest."""
     base_guidance: float = 7.5
+    scheduler: str | None = None
+    """A diffusers scheduler class name to sample with instead of the pipeline's own (built from its config)."""
     prompts: tuple[str, ...] | None = None
     """One image per prompt instead of ``num_images`` of ``prompt`` (evaluation batches); no negative prompt."""
 
@@ -58,6 +62,8 @@ class GenerationResult:
     latents: Tensor
     nfe: float
     seconds: float
+    sampler: str = ""
+    """What sampled them: the scheduler's class name (auto) or the named sampler."""
 
     @property
     def seconds_per_image(self) -> float:
@@ -78,6 +84,8 @@ def validate(request: GenerationRequest, has_base: bool = False) -> None:
     check_range("eta", request.eta, 0, 1)
     if request.eta > 0 and request.sampler not in (*STOCHASTIC, "auto"):
         raise UserError(f"eta needs a stochastic sampler ({', '.join(STOCHASTIC)}), not {request.sampler!r}")
+    if request.scheduler is not None and request.sampler != "auto":
+        raise UserError(f"--scheduler runs a diffusers scheduler; it needs --sampler auto, not {request.sampler!r}")
     if request.num_images < 1:
         raise UserError(f"num-images must be at least 1, got {request.num_images}")
     if request.base_steps < 0 or (request.base_steps > 0 and not has_base):
@@ -103,50 +111,95 @@ def _conditions(model: TextToImageModel, request: GenerationRequest):
     return model.encode(request.prompt, request.negative_prompt, request.num_images)
 
 
-def guided_denoiser(model: TextToImageModel, request: GenerationRequest, guidance: float):
+def guided_denoiser(model: TextToImageModel, request: GenerationRequest, guidance: float,
+                    boundary: Boundary = "pipeline"):
+    """(CFG denoiser, condition, evaluation counter); ``boundary`` as in ``TextToImageModel.denoiser``."""
     cond, uncond = _conditions(model, request)
-    counter = CountingDenoiser(model.denoiser(guidance, request.num_images), request.num_images)
+    counter = CountingDenoiser(model.denoiser(guidance, request.num_images, boundary=boundary), request.num_images)
     cfg_scale = 1.0 if model.embeds_guidance else guidance  # the UNet already applies the scale
     return CFGDenoiser(counter, uncond, cfg_scale, request.guidance_rescale), cond, counter
 
 
-def resolve_sampler(model: TextToImageModel, request: GenerationRequest) -> GenerationRequest:
-    """Replace sampler "auto" by the one that follows the pipeline's own scheduler."""
-    if request.sampler != "auto":
-        return request
-    request = replace(request, sampler=model.default_sampler())
-    if request.eta > 0 and request.sampler not in STOCHASTIC:
-        raise UserError(f"eta needs a stochastic sampler ({', '.join(STOCHASTIC)}); this model's default is "
-                        f"{request.sampler!r}")
-    return request
+def swapped_scheduler(model: TextToImageModel, name: str | None):
+    """The pipeline's scheduler, or the diffusers scheduler class ``name`` built from its config (what users do
+    with ``pipe.scheduler = X.from_config(pipe.scheduler.config)``)."""
+    if name is None:
+        return model.pipe.scheduler
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise UserError(f"{name!r} is not a diffusers scheduler class (e.g. DPMSolverMultistepScheduler, "
+                        "UniPCMultistepScheduler)")
+    return cls.from_config(model.pipe.scheduler.config)
+
+
+def resolve_route(model: TextToImageModel, request: GenerationRequest) -> SamplingRoute:
+    """How this request is sampled on this model (a note on stderr where auto cannot follow the scheduler)."""
+    route = route_for(swapped_scheduler(model, request.scheduler), request.sampler, request.karras, request.eta)
+    say_once(route.note)
+    if route.sampler is not None and request.eta > 0 and route.sampler not in STOCHASTIC:
+        raise UserError(f"eta needs a stochastic sampler ({', '.join(STOCHASTIC)}), not {route.sampler!r}")
+    return route
+
+
+@dataclass
+class SamplingRun:
+    """A step stream, its length, and the map from its last step to pipeline latents."""
+
+    steps: Iterator[SamplerStep]
+    total: int
+    latents: Callable[[SamplerStep], Tensor]
+    route: SamplingRoute
 
 
 def sample_steps(model: TextToImageModel, request: GenerationRequest, base: TextToImageModel | None = None,
-                 counters: list | None = None) -> tuple[Iterator[SamplerStep], float]:
-    """The step stream for this request and the factor from the final state to pipeline latents."""
+                 counters: list | None = None) -> SamplingRun:
+    """The step stream for this request: through the pipeline's scheduler (auto) or a named sampler."""
     validate(request, has_base=base is not None)
-    request = resolve_sampler(model, request)
-    denoiser, cond, counter = guided_denoiser(model, request, request.guidance)
-    plan = model.plan(request.sampler, request.steps, request.karras)
+    route = resolve_route(model, request)
+    if base is not None and base.latent_shape(1) != model.latent_shape(1):
+        raise UserError("the base model's latent shape differs from the model's; they must share a VAE")
+    boundary = None if route.scheduler is not None else "pipeline"  # LCMScheduler.step applies it itself
+    denoiser, cond, counter = guided_denoiser(model, request, request.guidance, boundary)
+    counters = [] if counters is None else counters
+    counters.append(counter)
+    if base is not None:
+        base_denoiser, base_cond, base_counter = guided_denoiser(base, request, request.base_guidance, boundary)
+        counters.append(base_counter)
+        denoiser, base_denoiser, cond = _with_cond(denoiser, cond), _with_cond(base_denoiser, base_cond), None
     generator = torch.Generator(model.network.device).manual_seed(request.seed)
     noise = torch.randn(model.latent_shape(request.num_images), generator=generator,
                         device=model.network.device, dtype=torch.float32)
+    if route.scheduler is not None:
+        if base is not None:
+            denoiser = HandOver(base_denoiser, request.base_steps * getattr(route.scheduler, "order", 1), denoiser)
+        steps = sample_with_scheduler(route.scheduler, denoiser, noise, cond, request.steps, TimestepUnits.of(model),
+                                      generator=generator, eta=request.eta, patch_size=model.patch_size)
+        return SamplingRun(steps, len(route.scheduler.timesteps), lambda step: step.latents, route)
+    plan = model.plan(route.sampler, request.steps, route.karras)
     x = noise * initial_scale(float(plan.sigmas[0]), plan.noise_scaling)
-    options = {"eta": request.eta} if request.sampler in STOCHASTIC else {}
-    sampler = SAMPLERS[request.sampler]
-    if counters is not None:
-        counters.append(counter)
+    options = {"eta": request.eta} if route.sampler in STOCHASTIC else {}
+    sampler = SAMPLERS[route.sampler]
+    to_latents = lambda step: step.x * plan.final_latent_scale  # noqa: E731
     if base is None:
-        return sampler(denoiser, x, plan.sigmas, cond, generator=generator, **options), plan.final_latent_scale
-    if base.latent_shape(1) != model.latent_shape(1):
-        raise UserError("the base model's latent shape differs from the model's; they must share a VAE")
-    base_denoiser, base_cond, base_counter = guided_denoiser(base, request, request.base_guidance)
-    if counters is not None:
-        counters.append(base_counter)
+        return SamplingRun(sampler(denoiser, x, plan.sigmas, cond, generator=generator, **options), request.steps,
+                           to_latents, route)
     head, tail = split_for_hybrid(plan.sigmas, request.base_steps)
-    stages = [HybridStage(sample_euler, _with_cond(base_denoiser, base_cond), head),
-              HybridStage(sampler, _with_cond(denoiser, cond), tail, options)]
-    return sample_hybrid(stages, x, None, generator=generator), plan.final_latent_scale
+    stages = [HybridStage(sample_euler, base_denoiser, head), HybridStage(sampler, denoiser, tail, options)]
+    return SamplingRun(sample_hybrid(stages, x, None, generator=generator), request.steps, to_latents, route)
+
+
+class HandOver:
+    """Hybrid sampling on a scheduler: ``first`` makes the first ``calls`` predictions, ``rest`` the others."""
+
+    def __init__(self, first, calls: int, rest):
+        self.first, self.calls, self.rest, self.made = first, calls, rest, 0
+
+    def __call__(self, x, sigma, cond=None):
+        denoiser = self.first if self.made < self.calls else self.rest
+        self.made += 1
+        return denoiser(x, sigma, cond)
 
 
 def _with_cond(denoiser, cond) -> Callable:
@@ -160,12 +213,11 @@ def generate(model: TextToImageModel, request: GenerationRequest, base: TextToIm
     """Sample ``request.num_images`` images; returns images, latents, NFE per image and wall-clock."""
     start = time.perf_counter()
     counters: list = []
-    steps, latent_scale = sample_steps(model, request, base, counters)
-    total = request.steps
-    x = None
-    for step in tqdm(steps, total=total, desc="sampling", disable=not progress, leave=False):
-        x = step.x
-    latents = x * latent_scale
+    run = sample_steps(model, request, base, counters)
+    last = None
+    for last in tqdm(run.steps, total=run.total, desc="sampling", disable=not progress, leave=False):
+        pass
+    latents = run.latents(last)
     images = model.decode(latents)
     seconds = time.perf_counter() - start
-    return GenerationResult(images, latents, sum(c.nfe for c in counters), seconds)
+    return GenerationResult(images, latents, sum(c.nfe for c in counters), seconds, run.route.label)

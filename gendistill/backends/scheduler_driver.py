@@ -33,6 +33,7 @@ from torch import Tensor
 from gendistill.diffusion.adapters import flow_velocity_from_x0, vp_output_from_x0
 from gendistill.diffusion.denoiser import Denoiser
 from gendistill.diffusion.samplers import SamplerStep
+from gendistill.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class SchedulerStep(SamplerStep):
     the last step) plus ``latents``: the scheduler's own state, what the stock pipeline would decode at the end."""
 
     latents: Tensor | None = None
+
+
+PURE_NOISE_FLOW_SIGMA = 1e8
+"""Flow time 1 (pure noise) is sigma = inf; at this sigma the flow time ``sigma / (1 + sigma)`` rounds to 1 in
+the float32 timestep the transformer sees, and the driver's float64 maps lose nothing (see ``_drive``)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class TimestepUnits:
         t = float(t)
         if self.family == "flow":
             s = t / self.num_train_timesteps
-            return s / (1 - s)
+            return s / (1 - s) if s < 1 else PURE_NOISE_FLOW_SIGMA
         table = self.train_sigmas.double().cpu().numpy()
         return float(np.interp(t, np.arange(len(table), dtype=np.float64), table))
 
@@ -101,32 +107,69 @@ def initial_latents(scheduler, noise: Tensor) -> Tensor:
     return noise * getattr(scheduler, "init_noise_sigma", 1.0)
 
 
+def set_timesteps(scheduler, steps: int, latents_shape: tuple[int, ...], device, patch_size: int = 1) -> None:
+    """``set_timesteps`` as the pipelines call it; flow schedulers with ``use_dynamic_shifting`` also get the
+    shift ``mu`` that SD3's pipeline derives from the image's token count (``calculate_shift``)."""
+    config = scheduler.config
+    if not config.get("use_dynamic_shifting", False):
+        scheduler.set_timesteps(steps, device=device)
+        return
+    tokens = (latents_shape[-2] // patch_size) * (latents_shape[-1] // patch_size)
+    base, top = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    low, high = config.get("base_shift", 0.5), config.get("max_shift", 1.16)
+    mu = low + (high - low) / (top - base) * (tokens - base)
+    scheduler.set_timesteps(steps, device=device, mu=mu)
+
+
 def sample_with_scheduler(scheduler, denoiser: Denoiser, noise: Tensor, cond, steps: int, units: TimestepUnits,
-                          generator: torch.Generator | None = None, eta: float = 0.0) -> Iterator[SchedulerStep]:
+                          generator: torch.Generator | None = None, eta: float = 0.0,
+                          patch_size: int = 1) -> Iterator[SchedulerStep]:
     """Run ``scheduler`` (used as is: pass ``fresh_scheduler(...)`` to keep a pipeline's untouched) for
     ``steps`` inference steps from unit ``noise`` (as drawn by the pipeline: ``randn`` of the latent shape from
     ``generator``), calling ``denoiser(x, sigma, cond) -> x0`` once per ``scheduler.timesteps`` entry; yields a
     ``SchedulerStep`` per entry. ``generator`` feeds stochastic schedulers' ``step`` (Euler ancestral,
-    DPM-Solver SDE, DDIM with ``eta``), so a seed gives diffusers' noise stream."""
-    scheduler.set_timesteps(steps, device=noise.device)
-    latents = initial_latents(scheduler, noise)
+    DPM-Solver SDE, DDIM with ``eta``), so a seed gives diffusers' noise stream.
+
+    The timesteps are set when this is called (``len(scheduler.timesteps)`` is then the stream's length); the
+    network runs as the stream is read."""
+    set_timesteps(scheduler, steps, tuple(noise.shape), noise.device, patch_size)
+    return _drive(scheduler, denoiser, initial_latents(scheduler, noise), cond, units,
+                  _step_kwargs(scheduler, generator, eta))
+
+
+def _drive(scheduler, denoiser: Denoiser, latents: Tensor, cond, units: TimestepUnits,
+           kwargs: dict) -> Iterator[SchedulerStep]:
     prediction = scheduler.config.get("prediction_type", "epsilon")
-    kwargs = _step_kwargs(scheduler, generator, eta)
     timesteps = list(scheduler.timesteps)
     scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     model_input = scale(latents, timesteps[0])
     for i, t in enumerate(timesteps):
+        # float64 for the maps to canonical units and back: the network then sees exactly the scheduler's input,
+        # and its output comes back to the scheduler within one rounding (float32 would lose digits to the
+        # x0 - sigma * eps cancellation at high noise, measured 2e-4 on Heun's latents of magnitude 60)
         sigma = units.sigma(t)
-        x = units.to_canonical(model_input, sigma)
+        x = units.to_canonical(model_input.to(_exact_dtype(model_input)), sigma)
         x0 = denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device), cond)
         output = units.model_output(x0, x, sigma, prediction).to(latents.dtype)
-        latents = scheduler.step(output, t, latents, return_dict=False, **kwargs)[0]
+        try:
+            latents = scheduler.step(output, t, latents, return_dict=False, **kwargs)[0]
+        except IndexError as err:  # diffusers' own failure, which the stock pipeline hits too
+            raise UserError(
+                f"{type(scheduler).__name__} could not take step {i + 1} of {len(timesteps)} ({err}): diffusers' "
+                "multistep schedulers fail so when timesteps repeat, as Karras sigmas on a zero-terminal-SNR "
+                "model do; use fewer steps or no --karras") from err
         if i + 1 < len(timesteps):
             model_input = scale(latents, timesteps[i + 1])
             next_sigma = units.sigma(timesteps[i + 1])
-            yield SchedulerStep(i, units.to_canonical(model_input, next_sigma), next_sigma, x0, latents)
+            x_next = units.to_canonical(model_input, next_sigma)
+            yield SchedulerStep(i, x_next, next_sigma, x0.to(latents.dtype), latents)
         else:
-            yield SchedulerStep(i, latents, 0.0, x0, latents)
+            yield SchedulerStep(i, latents, 0.0, x0.to(latents.dtype), latents)
+
+
+def _exact_dtype(t: Tensor) -> torch.dtype:
+    """float64, except on Apple's MPS, which has none."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
 
 
 def final_latents(steps: Iterator[SchedulerStep]) -> Tensor:

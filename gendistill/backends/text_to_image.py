@@ -13,6 +13,7 @@ from typing import Literal, Union
 import torch
 from torch import Tensor, nn
 
+from gendistill.backends.sampling_route import named_follower
 from gendistill.diffusion.adapters import (FlowDenoiser, LCMBoundaryDenoiser, VPDenoiser, guidance_embedding,
                                            network_dtype)
 from gendistill.diffusion.denoiser import TextCondition
@@ -71,8 +72,14 @@ class TextToImageModel:
         return self.family == "vp" and _embedding_width(self.network) is not None
 
     def default_sampler(self) -> str:
-        """The sampler that reproduces the pipeline's own scheduler."""
-        return DEFAULT_SAMPLERS.get(self.scheduler_name, "euler")
+        """The named gendistill sampler closest to the pipeline's own scheduler (``--sampler auto`` runs the
+        scheduler itself, see ``backends.sampling_route``)."""
+        return named_follower(self.scheduler_name)
+
+    @property
+    def patch_size(self) -> int:
+        """Latent pixels per token side (SD3 transformers patchify; UNets: 1)."""
+        return int(getattr(self.network.config, "patch_size", 1) or 1) if self.family == "flow" else 1
 
     def denoiser(self, guidance: float | Tensor = 1.0, num_images: int = 1, network: nn.Module | None = None,
                  boundary: Boundary = "pipeline") -> nn.Module:
@@ -122,9 +129,8 @@ class TextToImageModel:
             return SamplingPlan(lcm.sigmas(steps), "vp")
         schedule = self.vp_schedule(final_sigma=self._ddim_final_sigma() if sampler == "ddim" else 0.0)
         sigmas = schedule.sigmas(steps)
-        if karras:
-            table = schedule.train_sigmas
-            sigmas = KarrasSchedule(float(table[0]), float(sigmas[0])).sigmas(steps)
+        if karras:  # between the largest and the smallest *spaced* sigma, as diffusers' use_karras_sigmas
+            sigmas = KarrasSchedule(float(sigmas[-2] if steps > 1 else sigmas[0]), float(sigmas[0])).sigmas(steps)
         euler_like = sampler != "ddim" and sampler != "consistency"
         ve_start = euler_like and schedule.spacing in ("linspace", "trailing")
         return SamplingPlan(sigmas, "ve" if ve_start else "vp")
@@ -205,16 +211,6 @@ class TextToImageModel:
         images = vae.decode(latents, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
-
-DEFAULT_SAMPLERS = {
-    "LCMScheduler": "consistency",
-    "DDIMScheduler": "ddim",
-    "EulerDiscreteScheduler": "euler",
-    "HeunDiscreteScheduler": "heun",
-    "DPMSolverMultistepScheduler": "dpmpp_2m",
-    "FlowMatchEulerDiscreteScheduler": "euler",
-}
-"""Scheduler class -> our sampler that follows it (others fall back to euler)."""
 
 
 def _embedding_width(network: nn.Module) -> int | None:

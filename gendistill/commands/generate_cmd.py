@@ -19,13 +19,17 @@ def add_parser(sub) -> None:
     p.add_argument("--negative-prompt", default=None, help="negative prompt (replaces the empty prompt in guidance)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (>= 1), on --model's schedule")
     p.add_argument("--sampler", default="auto",
-                   help=f"auto (follow the pipeline's scheduler) or one of: {', '.join(SAMPLERS)}. euler/ddim "
-                        "reproduce diffusers' Euler/DDIM schedulers; consistency is for LCM and DMD students")
+                   help=f"auto (run the pipeline's own diffusers scheduler, as the stock pipeline does) or one of "
+                        f"gendistill's samplers: {', '.join(SAMPLERS)} (consistency is for LCM and DMD students)")
+    p.add_argument("--scheduler", default=None,
+                   help="with --sampler auto: a diffusers scheduler class to use instead of the pipeline's own, "
+                        "built from its config (e.g. DPMSolverMultistepScheduler, UniPCMultistepScheduler)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (euler/ddim only): 0 deterministic")
     p.add_argument("--guidance", type=float, default=7.5,
                    help="classifier-free guidance scale (>= 0); as in diffusers, <= 1 means conditional only")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
-    p.add_argument("--karras", action="store_true", help="Karras sigmas instead of the model's own timesteps")
+    p.add_argument("--karras", action="store_true",
+                   help="Karras sigmas (auto: the scheduler's use_karras_sigmas; a note says when it has none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (diffusers' seed-to-noise convention)")
     p.add_argument("--num-images", type=int, default=4, help="images to sample (one grid; 1 writes the image itself)")
     p.add_argument("--base-model", default=None,
@@ -47,7 +51,8 @@ def run(args) -> int:
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, sampler=args.sampler,
         eta=args.eta, guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
-        num_images=args.num_images, karras=args.karras, base_steps=args.base_steps, base_guidance=args.base_guidance)
+        num_images=args.num_images, karras=args.karras, base_steps=args.base_steps, base_guidance=args.base_guidance,
+        scheduler=args.scheduler)
     validate(request, has_base=args.base_model is not None)  # before any loading
     device = pick_device(args.device)
     model = TextToImageModel(load_pipeline(args.model, device=device))
@@ -55,6 +60,6 @@ def run(args) -> int:
     result = generate(model, request, base)
     images = result.images
     path = save_png(images[0] if len(images) == 1 else make_grid(images), args.out)  # one image: no frame
-    print(f"wrote {path}: {request.num_images} images, NFE {result.nfe:g} per image, "
+    print(f"wrote {path}: {request.num_images} images with {result.sampler}, NFE {result.nfe:g} per image, "
           f"{result.seconds_per_image:.3f} s per image")
     return 0

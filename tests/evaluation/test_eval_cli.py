@@ -23,7 +23,7 @@ def test_eval_writes_every_metric(tmp_path, capsys):
     for row in rows:
         assert METRICS <= set(row)
         assert 0 <= row["prompt_accuracy"] <= 1 and row["fid"] >= 0 and row["nfe"] == 2 * row["steps"]
-        assert row["sampler"] == "ddim"  # the tiny pipeline's scheduler is DDIM
+        assert row["sampler"] == "DDIMScheduler"  # auto ran the tiny pipeline's own scheduler
 
 
 def test_eval_rejects_too_few_samples(tmp_path, capsys):

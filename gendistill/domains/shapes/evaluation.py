@@ -98,7 +98,6 @@ def evaluate_model(model: TextToImageModel, evaluator: ShapesEvaluator, steps: i
                    base: TextToImageModel | None = None, base_steps: int = 0, base_guidance: float = 5.0,
                    images_out: list | None = None) -> ModelQuality:
     """Sample ``num_samples`` images over all prompts and score them; optionally keep the images."""
-    sampler = model.default_sampler() if sampler == "auto" else sampler
     scenes = evaluation_scenes(num_samples)
     images, nfe, seconds = [], 0.0, 0.0
     for start in range(0, num_samples, batch_size):
@@ -108,11 +107,11 @@ def evaluate_model(model: TextToImageModel, evaluator: ShapesEvaluator, steps: i
                                                 base_guidance=base_guidance)
         result = generate(model, request, base, progress=False)
         images.append(result.images.cpu())
-        nfe, seconds = result.nfe, seconds + result.seconds
+        nfe, seconds, label = result.nfe, seconds + result.seconds, result.sampler
     images = torch.cat(images)
     if images_out is not None:
         images_out.append(images)
     quality = evaluator.score(images, scenes)
-    return ModelQuality(steps, sampler, guidance, base_steps, quality.prompt_accuracy, quality.shape_accuracy,
+    return ModelQuality(steps, label, guidance, base_steps, quality.prompt_accuracy, quality.shape_accuracy,
                         quality.colour_accuracy, quality.fid, quality.diversity, nfe, num_samples / seconds,
                         1000 * seconds / num_samples, num_samples)
