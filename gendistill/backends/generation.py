@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from gendistill.backends.sampling_route import SamplingRoute, route_for, say_once
 from gendistill.backends.scheduler_driver import TimestepUnits, sample_with_scheduler
 from gendistill.backends.text_to_image import Boundary, TextToImageModel
+from gendistill.diffusion.adapters import network_dtype
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.samplers import (
     SAMPLERS, STOCHASTIC, HybridStage, SamplerStep, initial_scale, sample_euler, sample_hybrid, split_for_hybrid,
@@ -169,8 +170,10 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
         counters.append(base_counter)
         denoiser, base_denoiser, cond = _with_cond(denoiser, cond), _with_cond(base_denoiser, base_cond), None
     generator = torch.Generator(model.network.device).manual_seed(request.seed)
+    # the driver keeps the pipeline's latents in the network's dtype, as prepare_latents draws them
+    noise_dtype = network_dtype(model.network) if route.scheduler is not None else torch.float32
     noise = torch.randn(model.latent_shape(request.num_images), generator=generator,
-                        device=model.network.device, dtype=torch.float32)
+                        device=model.network.device, dtype=noise_dtype)
     if route.scheduler is not None:
         if base is not None:
             denoiser = HandOver(base_denoiser, request.base_steps * getattr(route.scheduler, "order", 1), denoiser)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from gendistill.distill.consistency import LCMConfig
 from gendistill.distill.dmd import DMD2Config
+from gendistill.distill.finetune import FineTuneConfig
 from gendistill.distill.progressive import ProgressiveConfig
 from gendistill.errors import check_range, key_path
 from gendistill.train.config import OptimizerConfig, TrainerConfig
@@ -69,15 +70,15 @@ class DistillConfig:
 
     teacher: str = "shapes-teacher"
     """Diffusers folder, shipped model (shapes-teacher) or hub id of the teacher."""
-    recipe: DMD2Config | LCMConfig | ProgressiveConfig = field(
+    recipe: DMD2Config | LCMConfig | ProgressiveConfig | FineTuneConfig = field(
         default_factory=lambda: DMD2Config(guidance_scale=2.0, fake_updates=5, student_steps=1))
-    """The recipe; ``kind:`` picks dmd2, lcm or progressive."""
+    """The recipe; ``kind:`` picks dmd2, lcm, progressive or finetune (plain diffusion fine-tuning)."""
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
         steps=400, ema_decay=0.99, checkpoint_every=100, eval_every=100,
         optimizers={"generator": OptimizerConfig(lr=1e-4, warmup_steps=20),
                     "fake_score": OptimizerConfig(lr=1e-4, warmup_steps=20)}))
-    """Loop settings; ``optimizers`` is keyed by phase (dmd2: generator, fake_score; lcm and
-    progressive: student)."""
+    """Loop settings; ``optimizers`` is keyed by phase (dmd2: generator, fake_score; lcm, progressive and
+    finetune: student)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     eval: EvalConfig = field(default_factory=EvalConfig)
