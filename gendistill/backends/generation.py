@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gendistill.backends.sampling_route import SamplingRoute, route_for, say_once
-from gendistill.backends.scheduler_driver import TimestepUnits, sample_with_scheduler
+from gendistill.backends.scheduler_driver import TimestepUnits, sample_with_scheduler, set_timesteps
 from gendistill.backends.text_to_image import Boundary, TextToImageModel
 from gendistill.diffusion.adapters import network_dtype
 from gendistill.diffusion.guidance import CFGDenoiser
@@ -65,6 +65,8 @@ class GenerationResult:
     seconds: float
     sampler: str = ""
     """What sampled them: the scheduler's class name (auto) or the named sampler."""
+    targets: Tensor | None = None
+    """With ``keep_targets``: each step's x0 prediction (the diffusion target), (steps, K, C, h, w) latents."""
 
     @property
     def seconds_per_image(self) -> float:
@@ -144,6 +146,18 @@ def resolve_route(model: TextToImageModel, request: GenerationRequest) -> Sampli
     return route
 
 
+def check_step_count(route: SamplingRoute, model: TextToImageModel, request: GenerationRequest) -> None:
+    """A UserError where the scheduler refuses the step count (an LCMScheduler takes at most its
+    ``original_inference_steps``: a 1-step DMD2 student's takes 1), as the stock pipeline would raise."""
+    if route.scheduler is None:
+        return
+    try:
+        set_timesteps(route.scheduler, request.steps, model.latent_shape(1), model.network.device, model.patch_size)
+    except ValueError as err:
+        raise UserError(f"{type(route.scheduler).__name__} cannot take {request.steps} steps for this model: "
+                        f"{err}") from err
+
+
 @dataclass
 class SamplingRun:
     """A step stream, its length, and the map from its last step to pipeline latents."""
@@ -159,6 +173,7 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
     """The step stream for this request: through the pipeline's scheduler (auto) or a named sampler."""
     validate(request, has_base=base is not None)
     route = resolve_route(model, request)
+    check_step_count(route, model, request)
     if base is not None and base.latent_shape(1) != model.latent_shape(1):
         raise UserError("the base model's latent shape differs from the model's; they must share a VAE")
     boundary = None if route.scheduler is not None else "pipeline"  # LCMScheduler.step applies it itself
@@ -212,15 +227,18 @@ def _with_cond(denoiser, cond) -> Callable:
 
 @torch.inference_mode()
 def generate(model: TextToImageModel, request: GenerationRequest, base: TextToImageModel | None = None,
-             progress: bool = True) -> GenerationResult:
-    """Sample ``request.num_images`` images; returns images, latents, NFE per image and wall-clock."""
+             progress: bool = True, keep_targets: bool = False) -> GenerationResult:
+    """Sample ``request.num_images`` images; returns images, latents, NFE per image and wall-clock (and, with
+    ``keep_targets``, every step's x0 prediction)."""
     start = time.perf_counter()
     counters: list = []
     run = sample_steps(model, request, base, counters)
-    last = None
+    last, targets = None, []
     for last in tqdm(run.steps, total=run.total, desc="sampling", disable=not progress, leave=False):
-        pass
+        if keep_targets:
+            targets.append(last.denoised.float())
     latents = run.latents(last)
     images = model.decode(latents)
     seconds = time.perf_counter() - start
-    return GenerationResult(images, latents, sum(c.nfe for c in counters), seconds, run.route.label)
+    return GenerationResult(images, latents, sum(c.nfe for c in counters), seconds, run.route.label,
+                            torch.stack(targets) if keep_targets else None)

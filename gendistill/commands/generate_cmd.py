@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--base-guidance", type=float, default=7.5, help="guidance scale for --base-model")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output PNG (the grid, or the one image)")
+    p.add_argument("--show-targets", default=None, metavar="PNG",
+                   help="also write each step's x0 prediction (the diffusion target) as a grid: one row per step, "
+                        "one column per image; with --base-model the first --base-steps rows are the base's")
     p.set_defaults(run=run)
 
 
@@ -57,9 +60,23 @@ def run(args) -> int:
     device = pick_device(args.device)
     model = TextToImageModel(load_pipeline(args.model, device=device))
     base = TextToImageModel(load_pipeline(args.base_model, device=device)) if args.base_model else None
-    result = generate(model, request, base)
+    result = generate(model, request, base, keep_targets=args.show_targets is not None)
     images = result.images
     path = save_png(images[0] if len(images) == 1 else make_grid(images), args.out)  # one image: no frame
     print(f"wrote {path}: {request.num_images} images with {result.sampler}, NFE {result.nfe:g} per image, "
           f"{result.seconds_per_image:.3f} s per image")
+    if args.show_targets:
+        print(write_targets(model, result.targets, args.show_targets, request.base_steps))
     return 0
+
+
+def write_targets(model, targets, out: str, base_steps: int = 0) -> str:
+    """Decode every step's x0 prediction into one grid (rows: steps; columns: images); returns what it wrote."""
+    from gendistill.render.images import make_grid, save_png
+
+    steps, count = targets.shape[:2]
+    images = model.decode(targets.flatten(0, 1).to(model.network.device)).cpu()
+    path = save_png(make_grid(images, columns=count), out)
+    rows = "row 1" if base_steps == 1 else f"rows 1-{base_steps}"
+    who = f"; {rows} by --base-model, the rest by --model" if base_steps else ""
+    return f"wrote {path}: x0 predictions of {steps} steps (one row each) x {count} images{who}"

@@ -86,8 +86,28 @@ def test_help_documents_every_option(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--model", "--prompt", "--negative-prompt", "--steps", "--sampler", "--eta", "--guidance",
-                   "--seed", "--num-images", "--base-model", "--base-steps", "--out"):
+                   "--seed", "--num-images", "--base-model", "--base-steps", "--out", "--scheduler", "--karras",
+                   "--show-targets"):
         assert option in text
+
+
+def test_show_targets_writes_each_steps_x0_as_a_row(sd_folder, tmp_path, capsys):
+    targets = tmp_path / "targets.png"
+    code, out, _ = run(capsys, "generate", "--model", str(sd_folder), "--prompt", "a red cube", "--steps", "3",
+                       "--num-images", "2", "--out", str(tmp_path / "g.png"), "--show-targets", str(targets))
+    assert code == 0 and "x0 predictions of 3 steps (one row each) x 2 images" in out
+    grid = np.asarray(Image.open(targets)).astype(float)
+    assert grid.shape == (3 * 18 + 2, 2 * 18 + 2, 3)
+    rows = [grid[2 + 18 * r:18 + 18 * r, 2:18] for r in range(3)]
+    assert np.abs(rows[0] - rows[2]).mean() > 1  # the prediction changes along the trajectory
+    final = np.asarray(Image.open(tmp_path / "g.png")).astype(float)[2:18, 2:18]
+    assert np.abs(rows[2] - final).max() <= 1  # the last step's x0 is the image (DDIM ends on it)
+
+
+def test_scheduler_option_swaps_the_scheduler(sd_folder, tmp_path, capsys):
+    code, out, _ = run(capsys, "generate", "--model", str(sd_folder), "--prompt", "a red cube", "--steps", "3",
+                       "--scheduler", "UniPCMultistepScheduler", "--out", str(tmp_path / "u.png"))
+    assert code == 0 and "with UniPCMultistepScheduler" in out
 
 
 def test_one_image_is_written_as_itself_without_a_frame(sd_folder, tmp_path, capsys):
