@@ -274,6 +274,11 @@ class DMD2Recipe:
 
     def generator_loss(self, batch: DistillBatch, generator: torch.Generator) -> Loss:
         x0 = self.generate(batch, generator, grad=True)
+        return Loss(*self.distillation_terms(x0, batch, generator))
+
+    def distillation_terms(self, x0: Tensor, batch: DistillBatch,
+                           generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """The generator's loss on its sample ``x0`` (DM, plus regression and GAN when on) and its terms."""
         dm, grad = self.dm_loss(x0, batch, generator)
         total, terms = dm, {"dm": dm.item(), "dm_grad": grad.abs().mean().item()}
         if self.pairs is not None:
@@ -285,7 +290,7 @@ class DMD2Recipe:
                 gan = generator_gan_loss(self.gan_logits(x0, batch.cond, generator))
             total = total + self.config.gan_weight * gan
             terms["gan"] = gan.item()
-        return Loss(total, terms)
+        return total, terms
 
     def dm_loss(self, x0: Tensor, batch: DistillBatch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """DMD's surrogate loss and its gradient ``dm_gradient(x0, real, fake)`` at a noised copy of ``x0``.

@@ -8,6 +8,7 @@ from typing import Literal
 from gendistill.distill.consistency import LCMConfig
 from gendistill.distill.dmd import DMD2Config
 from gendistill.distill.finetune import FineTuneConfig
+from gendistill.distill.flash_dmd import FlashDMDConfig
 from gendistill.distill.progressive import ProgressiveConfig
 from gendistill.errors import check_range, key_path
 from gendistill.train.config import OptimizerConfig, TrainerConfig
@@ -70,7 +71,7 @@ class DistillConfig:
 
     teacher: str = "shapes-teacher"
     """Diffusers folder, shipped model (shapes-teacher) or hub id of the teacher."""
-    recipe: DMD2Config | LCMConfig | ProgressiveConfig | FineTuneConfig = field(
+    recipe: DMD2Config | LCMConfig | ProgressiveConfig | FineTuneConfig | FlashDMDConfig = field(
         default_factory=lambda: DMD2Config(guidance_scale=2.0, fake_updates=5, student_steps=1))
     """The recipe; ``kind:`` picks dmd2, lcm, progressive or finetune (plain diffusion fine-tuning)."""
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
