@@ -132,3 +132,21 @@ def make_fake_score(teacher_unet: nn.Module, lora_rank: int) -> nn.Module:
     for name, p in fake.named_parameters():
         p.requires_grad_("lora_" in name)
     return fake
+
+
+def apply_lora_file(pipe, path: str | Path, scale: float = 1.0):
+    """Load a diffusers LoRA file or folder (``pytorch_lora_weights.safetensors``; a shipped name such as
+    ``shapes-lcm-lora`` works) onto ``pipe`` with stock ``load_lora_weights``, and fuse it at ``scale`` (a slider's
+    strength); the pipeline keeps plain weights afterwards. Returns ``pipe``."""
+    from gendistill.errors import UserError
+    from gendistill.shipped import resolve_model_name
+
+    source = resolve_model_name(str(path))
+    try:
+        pipe.load_lora_weights(source)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load a LoRA from {str(path)!r}: {first}") from None
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()
+    return pipe

@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
                         "--base-steps of the --steps, --model the rest")
     p.add_argument("--base-steps", type=int, default=0, help="how many of the --steps --base-model takes")
     p.add_argument("--base-guidance", type=float, default=7.5, help="guidance scale for --base-model")
+    p.add_argument("--lora", default=None,
+                   help="a diffusers LoRA file or folder (e.g. shapes-lcm-lora, or a run's DIR/lora) fused into --model "
+                        "first, as pipe.load_lora_weights does")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (a slider's position)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output PNG (the grid, or the one image)")
     p.add_argument("--show-targets", default=None, metavar="PNG",
@@ -58,7 +62,12 @@ def run(args) -> int:
         scheduler=args.scheduler)
     validate(request, has_base=args.base_model is not None)  # before any loading
     device = pick_device(args.device)
-    model = TextToImageModel(load_pipeline(args.model, device=device))
+    pipe = load_pipeline(args.model, device=device)
+    if args.lora:
+        from gendistill.backends.lora import apply_lora_file
+
+        apply_lora_file(pipe, args.lora, args.lora_scale)
+    model = TextToImageModel(pipe)
     base = TextToImageModel(load_pipeline(args.base_model, device=device)) if args.base_model else None
     result = generate(model, request, base, keep_targets=args.show_targets is not None)
     images = result.images

@@ -28,9 +28,11 @@ def sample_cameras(n: int, generator: torch.Generator, *, elevation_range_deg=EL
 
 
 def camera_from_uniform(u_azimuth: float, u_elevation: float, *, elevation_range_deg=ELEVATION_RANGE_DEG,
-                        width: int = 64, height: int = 64) -> Camera:
-    """:meth:`OrbitRig.from_uniform`: the camera that two uniform [0, 1) numbers pick."""
-    rig = OrbitRig(elevation_range_deg=tuple(elevation_range_deg), width=width, height=height)
+                        width: int = 64, height: int = 64, distance: float | None = None) -> Camera:
+    """:meth:`OrbitRig.from_uniform`: the camera that two uniform [0, 1) numbers pick (at ``distance``, None:
+    the rig's default)."""
+    extra = {} if distance is None else {"distance": distance}
+    rig = OrbitRig(elevation_range_deg=tuple(elevation_range_deg), width=width, height=height, **extra)
     return rig.from_uniform(u_azimuth, u_elevation)
 
 

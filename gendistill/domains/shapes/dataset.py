@@ -41,18 +41,19 @@ class ShapeBatch:
 
 
 def make_batch(n: int, generator: torch.Generator, view_phrase_prob: float = 0.5, *, size: int = 64,
-               supersample: int = DEFAULT_SUPERSAMPLE) -> ShapeBatch:
+               supersample: int = DEFAULT_SUPERSAMPLE, distance: float | None = None) -> ShapeBatch:
     """``n`` renders of uniformly random scenes from uniformly random cameras (as sample_cameras draws).
 
     Each caption carries its view phrase with probability ``view_phrase_prob``. The same generator state
-    gives the same batch, and the first k samples of a batch of n > k are the batch of k.
+    gives the same batch, and the first k samples of a batch of n > k are the batch of k. ``distance`` moves
+    the camera (None: the rig's 4.0; closer renders larger objects, e.g. a size slider's data).
     """
     check_range("n", n, 1, None)
     check_range("view_phrase_prob", view_phrase_prob, 0.0, 1.0)
     u = torch.rand(n, 5, generator=generator, dtype=torch.float64)  # one row per sample: prefix-stable
     shape_ids = (u[:, 0] * len(SHAPES)).long().clamp_max(len(SHAPES) - 1)
     colour_ids = (u[:, 1] * len(COLOURS)).long().clamp_max(len(COLOURS) - 1)
-    cameras = [camera_from_uniform(ua, ue, width=size, height=size) for ua, ue in u[:, 2:4].tolist()]
+    cameras = [camera_from_uniform(ua, ue, width=size, height=size, distance=distance) for ua, ue in u[:, 2:4].tolist()]
     with_view = (u[:, 4] < view_phrase_prob).tolist()
     scenes = [scene_from_indices(s, c) for s, c in zip(shape_ids.tolist(), colour_ids.tolist())]
     captions = [caption(sc, cam if v else None) for sc, cam, v in zip(scenes, cameras, with_view)]

@@ -41,15 +41,16 @@ class ShapesBatches:
     """``batch_fn`` for the trainer: random shapes captions, with renders encoded to latents if asked."""
 
     def __init__(self, model: TextToImageModel, batch_size: int, with_latents: bool = True,
-                 view_phrase_prob: float = 0.5):
+                 view_phrase_prob: float = 0.5, camera_distance: float | None = None):
         self.model, self.batch_size, self.with_latents = model, batch_size, with_latents
-        self.view_phrase_prob = view_phrase_prob
+        self.view_phrase_prob, self.camera_distance = view_phrase_prob, camera_distance
         self.encode = CachedPromptEncoder(model)
 
     def __call__(self, step: int, generator: torch.Generator) -> DistillBatch:
         from gendistill.domains.shapes import make_batch
 
-        shapes = make_batch(self.batch_size, generator, view_phrase_prob=self.view_phrase_prob)
+        shapes = make_batch(self.batch_size, generator, view_phrase_prob=self.view_phrase_prob,
+                            distance=self.camera_distance)
         cond, uncond = self.encode(list(shapes.captions))
         latents = None
         if self.with_latents:
