@@ -19,6 +19,7 @@ from gendistill.diffusion.adapters import (FlowDenoiser, LCMBoundaryDenoiser, VP
 from gendistill.diffusion.denoiser import TextCondition
 from gendistill.diffusion.schedules import (DiscreteVPSchedule, FlowMatchSchedule, KarrasSchedule, LCMSchedule,
                                             flow_time_to_sigma, vp_sigmas_from_alphas_cumprod)
+from gendistill.diffusion.subinterval import SigmaSwitchDenoiser
 from gendistill.errors import UserError
 
 
@@ -53,6 +54,7 @@ class TextToImageModel:
             self.family = "vp"
             self.alphas_cumprod = _alphas_cumprod(self.config)
             self.network = pipe.unet
+            self.experts, self.switch_sigmas = _phased_experts(pipe, self.train_sigmas)
         elif getattr(pipe, "transformer", None) is not None and "shift" in self.config:
             self.family = "flow"
             self.network = pipe.transformer
@@ -90,6 +92,9 @@ class TextToImageModel:
         w-embedding (LCM's ``time_cond_proj_dim``); others ignore it. ``boundary`` is LCM's boundary
         condition: "pipeline" applies it as the model's scheduler does (LCMScheduler: yes, with its
         ``timestep_scaling``), None never, a float always with that timestep scaling (a consistency student)."""
+        if network is None and len(getattr(self, "experts", ())) > 1:  # a Phased DMD student: experts by sigma
+            experts = [self.denoiser(guidance, num_images, e, boundary) for e in self.experts]
+            return SigmaSwitchDenoiser(experts, self.switch_sigmas)
         network = self.network if network is None else network
         if self.family == "flow":
             return FlowDenoiser(network, self.config.get("num_train_timesteps", 1000))
@@ -225,6 +230,21 @@ def _guidance_condition(network: nn.Module, guidance: float | Tensor, num_images
         return None
     scale = guidance.detach().float().cpu() if isinstance(guidance, Tensor) else torch.full((num_images,), guidance)
     return guidance_embedding(scale, dim).to(device=network.device, dtype=network_dtype(network))
+
+
+def _phased_experts(pipe, train_sigmas: Tensor) -> tuple[list[nn.Module], list[float]]:
+    """A phased pipeline's expert UNets and the sigmas below which each later one takes over (at the pipeline's
+    own switch point between timesteps, so both samplers switch on the same steps); ``([unet], [])`` else."""
+    import numpy as np
+
+    from gendistill.backends.phased_pipeline import SWITCH_MARGIN, experts_of
+
+    switches = (getattr(pipe, "config", None) or {}).get("switch_timesteps")
+    if not switches:
+        return [pipe.unet], []
+    table = train_sigmas.double().numpy()
+    sigmas = [float(np.interp(t + SWITCH_MARGIN, np.arange(len(table)), table)) for t in switches]
+    return experts_of(pipe), sigmas
 
 
 def _alphas_cumprod(config: dict) -> Tensor:

@@ -40,14 +40,22 @@ def student_scheduler(teacher_scheduler_config: dict, sampling: StudentSampling)
     raise ValueError(f"unknown student sampling {sampling.kind!r}; choose lcm or ddim")
 
 
-def export_student(teacher_pipe, student_unet: nn.Module, sampling: StudentSampling, out_dir: str | Path) -> Path:
-    """Write the teacher pipeline with the student UNet and scheduler to ``out_dir`` (safetensors)."""
+def student_pipeline(teacher_pipe, student_unet: nn.Module, sampling: StudentSampling, builder=None):
+    """The teacher pipeline with the student UNet and scheduler, in memory; ``builder(teacher_pipe, student,
+    scheduler)`` makes it instead when given (``BoundRecipe.pipeline_builder``)."""
     from gendistill.backends.loading import quiet_pipeline_notices
 
     scheduler = student_scheduler(dict(teacher_pipe.scheduler.config), sampling)
-    components = {**teacher_pipe.components, "unet": student_unet, "scheduler": scheduler}
     with quiet_pipeline_notices():  # the safety checker we leave out on purpose; steps_offset, unused by trailing
-        pipe = type(teacher_pipe)(**components)
+        if builder is not None:
+            return builder(teacher_pipe, student_unet, scheduler)
+        return type(teacher_pipe)(**{**teacher_pipe.components, "unet": student_unet, "scheduler": scheduler})
+
+
+def export_student(teacher_pipe, student_unet: nn.Module, sampling: StudentSampling, out_dir: str | Path,
+                   builder=None) -> Path:
+    """Write the teacher pipeline with the student UNet and scheduler to ``out_dir`` (safetensors)."""
+    pipe = student_pipeline(teacher_pipe, student_unet, sampling, builder)
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -6,8 +6,10 @@ LCMConfig, ProgressiveConfig), so the run never branches on the recipe's kind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -29,6 +31,9 @@ class BoundRecipe:
     """The steps the student was trained for (the table's headline row)."""
     guidance: float
     """Guidance scale to sample the student with (0: none; a w-embedding student: the embedded scale)."""
+    pipeline_builder: Callable[[Any, nn.Module, Any], Any] | None = None
+    """Builds the student's pipeline from (teacher pipeline, exported student module, scheduler); None: the
+    teacher's pipeline class with the student as its ``unet`` (Phased DMD: one UNet per expert)."""
 
     def export_unet(self, weights: nn.Module | None = None) -> nn.Module:
         """The UNet to save: ``weights`` (e.g. the EMA) or the student, with any LoRA merged in."""

@@ -38,7 +38,7 @@ def test_preset_runs_two_steps_on_tiny_components(preset, tiny_teachers, tmp_pat
     result = run_distill(config, tmp_path, progress=False)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "curves.png").is_file()
     assert (tmp_path / "checkpoints" / "latest").is_file()
-    pipe = DiffusionPipeline.from_pretrained(result.pipeline)
+    pipe = DiffusionPipeline.from_pretrained(result.pipeline, trust_remote_code=True)  # phased: pipeline.py
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"
     card = (result.pipeline / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: diffusers") and "num_inference_steps=" in card

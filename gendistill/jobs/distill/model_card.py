@@ -50,11 +50,16 @@ def _usage(pipeline: Path, card: StudentCard) -> str:
     return (f"# gendistill {card.recipe} student, {card.steps} steps\n\n"
             f"A {card.steps}-step student of `{card.teacher}`, made by {name}. Stock diffusers samples it "
             f"({note}):\n\n```python\nfrom diffusers import DiffusionPipeline\n"
-            f"pipe = DiffusionPipeline.from_pretrained(\"{pipeline}\", safety_checker=None)\n"
+            f"pipe = DiffusionPipeline.from_pretrained(\"{pipeline}\", safety_checker=None{_trust(pipeline)})\n"
             f"image = pipe(\"a red cube, front view\", num_inference_steps={card.steps}, "
             f"guidance_scale={guidance:g}).images[0]\n```\n\n"
             f"It takes up to {card.max_steps} steps; `gendistill generate --model {pipeline}` gives the same "
             f"images for the same seed.")
+
+
+def _trust(pipeline: Path) -> str:
+    """A folder that ships its pipeline class (``pipeline.py``: a Phased DMD student's experts) loads with it."""
+    return ", trust_remote_code=True" if (pipeline / "pipeline.py").is_file() else ""
 
 
 def _lora_usage(lora_dir: Path, config, card: StudentCard) -> str:

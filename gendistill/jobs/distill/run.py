@@ -27,14 +27,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gendistill.backends.loading import load_pipeline, quiet_pipeline_notices
+from gendistill.backends.loading import load_pipeline
 from gendistill.backends.student_card import StudentCard
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
 from gendistill.devices import pick_device
 from gendistill.jobs.distill.config import DistillConfig
 from gendistill.jobs.distill.data import ImageFolderBatches, PromptListBatches, ShapesBatches
-from gendistill.distill.export import export_student, student_scheduler
+from gendistill.distill.export import export_student, student_pipeline
 from gendistill.jobs.distill.model_card import write_model_card
 from gendistill.distill.recipes import BoundRecipe
 from gendistill.jobs.distill.report import DistillReport, final_report
@@ -74,10 +74,7 @@ def make_batches(config: DistillConfig, teacher: TextToImageModel):
 
 def student_model(teacher: TextToImageModel, bound: BoundRecipe, unet) -> TextToImageModel:
     """The teacher pipeline with the student UNet and scheduler, in memory (for evaluation)."""
-    pipe = teacher.pipe
-    scheduler = student_scheduler(dict(pipe.scheduler.config), bound.sampling)
-    with quiet_pipeline_notices():
-        return TextToImageModel(type(pipe)(**{**pipe.components, "unet": unet, "scheduler": scheduler}))
+    return TextToImageModel(student_pipeline(teacher.pipe, unet, bound.sampling, bound.pipeline_builder))
 
 
 def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -141,7 +138,8 @@ def _export(teacher: TextToImageModel, bound: BoundRecipe, unet: nn.Module, out_
     """``out_dir/pipeline`` (the trained UNet, any LoRA merged) and, for a LoRA student, ``out_dir/lora`` (its
     adapters alone, for ``pipe.load_lora_weights`` on the teacher or a fine-tune of it); both from ``unet``,
     the EMA when the run keeps one."""
-    pipeline = export_student(teacher.pipe, bound.export_unet(unet), bound.sampling, out_dir / "pipeline")
+    pipeline = export_student(teacher.pipe, bound.export_unet(unet), bound.sampling, out_dir / "pipeline",
+                              bound.pipeline_builder)
     bound.export_lora(out_dir / "lora", unet, type(teacher.pipe))
     return pipeline
 
