@@ -32,10 +32,15 @@ class DataConfig:
     """Encode renders to real latents (recipes that use data: LCM, progressive, DMD2's GAN term)."""
     view_phrase_prob: float = 0.5
     """Share of shapes captions that carry a view phrase ("..., front view")."""
+    shapes_camera_distance: float | None = None
+    """Shapes renders from this camera distance (None: the world's 4.0); closer makes objects larger, the
+    data of a size slider (``configs/distill/shapes-size-slider.yaml``)."""
 
     def check(self, path: str) -> None:
         check_range(key_path(path, "batch_size"), self.batch_size, 1)
         check_range(key_path(path, "view_phrase_prob"), self.view_phrase_prob, 0.0, 1.0)
+        if self.shapes_camera_distance is not None:
+            check_range(key_path(path, "shapes_camera_distance"), self.shapes_camera_distance, 2.0, 8.0)
 
 
 @dataclass
