@@ -79,7 +79,8 @@ class DistillConfig:
     """Diffusers folder, shipped model (shapes-teacher) or hub id of the teacher."""
     recipe: DMD2Config | LCMConfig | ProgressiveConfig | FineTuneConfig | FlashDMDConfig | PhasedDMDConfig = field(
         default_factory=lambda: DMD2Config(guidance_scale=2.0, fake_updates=5, student_steps=1))
-    """The recipe; ``kind:`` picks dmd2, lcm, progressive, finetune (plain diffusion fine-tuning) or phased_dmd."""
+    """The recipe; ``kind:`` picks dmd2, lcm, progressive, finetune (plain diffusion fine-tuning), flash_dmd or
+    phased_dmd."""
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
         steps=400, ema_decay=0.99, checkpoint_every=100, eval_every=100,
         optimizers={"generator": OptimizerConfig(lr=1e-4, warmup_steps=20),
