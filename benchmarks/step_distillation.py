@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", default=str(ROOT / "assets" / "shapes-teacher"))
     parser.add_argument("--num-samples", type=int, default=160)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--student", action="append", default=[], metavar="DIR",
+                        help="also measure this student folder (e.g. a run's pipeline/ that does not ship)")
     args = parser.parse_args(argv)
 
     evaluator = ShapesEvaluator.load()
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
                            for k in (50, 8, 4, 2, 1)], "students": {}}
     labelled = [("teacher", _row(r)) for r in results["teacher"]]
     trained = []
-    for folder in shipped_students(ROOT / "assets"):
+    for folder in [*shipped_students(ROOT / "assets"), *map(Path, args.student)]:
         meta = json.loads((folder / "gendistill.json").read_text()) if (folder / "gendistill.json").is_file() else {}
         student = TextToImageModel(load_pipeline(str(folder)))
         guidance = default_guidance(student, folder)
@@ -51,10 +53,10 @@ def main(argv=None) -> int:
         if max(steps) > 1:  # hybrid: the teacher takes the first of the student's steps
             rows.append(evaluate_model(student, evaluator, max(steps), "auto", guidance, args.num_samples,
                                        base=teacher, base_steps=1, base_guidance=t_guidance))
-        results["students"][folder.name] = {"train_seconds": meta.get("train_seconds"),
-                                           "rows": [asdict(r) for r in rows]}
-        labelled += [(folder.name, r) for r in rows]
-        trained.append(f"- {folder.name}: trained in {meta.get('train_seconds', 'n/a')} s")
+        name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
+        results["students"][name] = {"train_seconds": meta.get("train_seconds"), "rows": [asdict(r) for r in rows]}
+        labelled += [(name, r) for r in rows]
+        trained.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_distillation.json").write_text(json.dumps(results, indent=2))

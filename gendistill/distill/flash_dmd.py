@@ -86,6 +86,9 @@ class FlashDMDConfig:
     """Which reward, and on how many decoded samples per step."""
     timestep_scaling: float = 1e6
     """LCM boundary condition's timestep scaling, trained with and exported to LCMScheduler."""
+    student_init: str | None = None
+    """A distilled student's diffusers folder (or shipped name, e.g. shapes-dmd2-1step) whose UNet the generator
+    starts from (joint RL on a distilled model); None: a copy of the teacher's, as DMD2."""
 
     def check(self, path: str) -> None:
         for name, low in (("fake_updates", 1), ("student_steps", 1), ("fake_lora_rank", 0), ("gan_weight", 0),
@@ -129,6 +132,19 @@ class FlashDMDConfig:
                            self.student_steps, 0.0)
 
 
+def load_student_weights(unet: nn.Module, folder: str) -> None:
+    """Copy the UNet weights of the diffusers folder ``folder`` into ``unet`` (same architecture required)."""
+    from diffusers import UNet2DConditionModel
+
+    from gendistill.shipped import resolve_model_name
+
+    source = UNet2DConditionModel.from_pretrained(resolve_model_name(folder), subfolder="unet")
+    missing, unexpected = unet.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise UserError(f"flash_dmd.student_init {folder!r} has another UNet architecture than the teacher's "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected weights)")
+
+
 def decode_with_grad(vae: nn.Module, latents: Tensor) -> Tensor:
     """VAE-decode scaled latents to images in [0, 1] with the graph kept (``TextToImageModel.decode`` is
     no-grad); the VAE's own parameters get no gradient."""
@@ -145,6 +161,8 @@ class FlashDMDRecipe:
         self.config = config
         self.distill = DMD2Recipe(model, config.dmd2(model.num_train_timesteps))
         self.student_unet = self.distill.models.student_unet
+        if config.student_init:
+            load_student_weights(self.student_unet, config.student_init)
         self.reward: Reward | None = None
         self.vae = None
         if config.reward_weight > 0:

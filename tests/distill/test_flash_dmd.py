@@ -217,3 +217,18 @@ def test_bad_settings_are_user_errors(config, message):
 def test_reward_needs_a_teacher_with_a_vae():
     with pytest.raises(UserError, match="VAE"):
         FlashDMDRecipe(tiny_unet_model(), FlashDMDConfig(reward_weight=1.0))
+
+
+def test_student_init_starts_the_generator_from_a_distilled_students_weights(tmp_path):
+    """Joint RL on a distilled model: the generator starts from the student folder's UNet, the fake score from
+    the teacher's."""
+    from tiny_pipelines import tiny_sd_pipeline
+
+    teacher = TextToImageModel(tiny_sd_pipeline(seed=0))
+    tiny_sd_pipeline(tmp_path / "student", seed=5)
+    recipe = FlashDMDRecipe(teacher, FlashDMDConfig(student_init=str(tmp_path / "student")))
+    student = recipe.student_unet.state_dict()
+    other = tiny_sd_pipeline(seed=5).unet.state_dict()
+    assert all(torch.equal(student[k], other[k]) for k in other)
+    fake = recipe.modules()["fake_score"].state_dict()
+    assert any(not torch.equal(fake[k], student[k]) for k in student if k in fake)
