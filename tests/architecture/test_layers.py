@@ -23,6 +23,8 @@ FLOORS = {
 def modules() -> dict[str, Path]:
     out = {}
     for path in PACKAGE.rglob("*.py"):
+        if (PACKAGE / "assets") in path.parents:  # model folders' pipeline.py: data that travels with a model
+            continue
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out[name] = path
