@@ -3,8 +3,8 @@ from reward hacking? Each model is sampled in 1 step over all 40 prompts; the ta
 quantity (mean object coverage, pixel code shared with benchmarks/control_transfer.py, not the evaluator) beside
 prompt accuracy, FID and diversity.
 
-    gendistill distill shapes-flash-dmd-rl --set recipe.student_init=shapes-dmd2-1step ... --out runs/flash-rl
-    gendistill distill shapes-flash-dmd-rl --set recipe.distill_weight=0 ... --out runs/flash-rl-nodistill
+    gendistill distill shapes-flash-dmd-rl --out runs/flash-rl
+    gendistill distill shapes-flash-dmd-rl --set recipe.distill_weight=0 --out runs/flash-rl-nodistill
     python benchmarks/reward_tuning.py shapes-dmd2-1step runs/flash-rl/pipeline runs/flash-rl-nodistill/pipeline \\
         --out benchmarks/results/reward_tuning
 """
