@@ -180,6 +180,7 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
     denoiser, cond, counter = guided_denoiser(model, request, request.guidance, boundary)
     counters = [] if counters is None else counters
     counters.append(counter)
+    base_denoiser = None
     if base is not None:
         base_denoiser, base_cond, base_counter = guided_denoiser(base, request, request.base_guidance, boundary)
         counters.append(base_counter)
@@ -190,17 +191,29 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
     noise = torch.randn(model.latent_shape(request.num_images), generator=generator,
                         device=model.network.device, dtype=noise_dtype)
     if route.scheduler is not None:
-        if base is not None:
-            denoiser = HandOver(base_denoiser, request.base_steps * getattr(route.scheduler, "order", 1), denoiser)
-        steps = sample_with_scheduler(route.scheduler, denoiser, noise, cond, request.steps, TimestepUnits.of(model),
-                                      generator=generator, eta=request.eta, patch_size=model.patch_size)
-        return SamplingRun(steps, len(route.scheduler.timesteps), lambda step: step.latents, route)
+        return _scheduler_run(model, request, route, (base_denoiser, denoiser), cond, noise, generator)
+    return _named_run(model, request, route, (base_denoiser, denoiser), cond, noise, generator)
+
+
+def _scheduler_run(model, request, route, denoisers, cond, noise, generator) -> SamplingRun:
+    """The pipeline's scheduler through the driver; a base model (hybrid) makes the first predictions."""
+    base_denoiser, denoiser = denoisers
+    if base_denoiser is not None:
+        denoiser = HandOver(base_denoiser, request.base_steps * getattr(route.scheduler, "order", 1), denoiser)
+    steps = sample_with_scheduler(route.scheduler, denoiser, noise, cond, request.steps, TimestepUnits.of(model),
+                                  generator=generator, eta=request.eta, patch_size=model.patch_size)
+    return SamplingRun(steps, len(route.scheduler.timesteps), lambda step: step.latents, route)
+
+
+def _named_run(model, request, route, denoisers, cond, noise, generator) -> SamplingRun:
+    """A named gendistill sampler on the model's schedule; a base model (hybrid) takes the first steps (Euler)."""
+    base_denoiser, denoiser = denoisers
     plan = model.plan(route.sampler, request.steps, route.karras)
     x = noise * initial_scale(float(plan.sigmas[0]), plan.noise_scaling)
     options = {"eta": request.eta} if route.sampler in STOCHASTIC else {}
     sampler = SAMPLERS[route.sampler]
     to_latents = lambda step: step.x * plan.final_latent_scale  # noqa: E731
-    if base is None:
+    if base_denoiser is None:
         return SamplingRun(sampler(denoiser, x, plan.sigmas, cond, generator=generator, **options), request.steps,
                            to_latents, route)
     head, tail = split_for_hybrid(plan.sigmas, request.base_steps)
