@@ -139,10 +139,11 @@ def load_student_weights(unet: nn.Module, folder: str) -> None:
     from gendistill.shipped import resolve_model_name
 
     source = UNet2DConditionModel.from_pretrained(resolve_model_name(folder), subfolder="unet")
-    missing, unexpected = unet.load_state_dict(source.state_dict(), strict=False)
-    if missing or unexpected:
-        raise UserError(f"flash_dmd.student_init {folder!r} has another UNet architecture than the teacher's "
-                        f"({len(missing)} missing, {len(unexpected)} unexpected weights)")
+    try:
+        unet.load_state_dict(source.state_dict())
+    except RuntimeError as err:  # missing, unexpected or differently shaped weights
+        raise UserError(f"flash_dmd.student_init {folder!r} has another UNet architecture than the teacher's: "
+                        f"{str(err).splitlines()[0]}") from None
 
 
 def decode_with_grad(vae: nn.Module, latents: Tensor) -> Tensor:

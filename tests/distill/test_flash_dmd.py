@@ -232,3 +232,12 @@ def test_student_init_starts_the_generator_from_a_distilled_students_weights(tmp
     assert all(torch.equal(student[k], other[k]) for k in other)
     fake = recipe.modules()["fake_score"].state_dict()
     assert any(not torch.equal(fake[k], student[k]) for k in student if k in fake)
+
+
+def test_student_init_of_another_architecture_is_a_clear_error(tmp_path):
+    from tiny_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(tmp_path / "sdxl", seed=0)
+    teacher = TextToImageModel(tiny_sd_pipeline(seed=0))
+    with pytest.raises(UserError, match="another UNet architecture"):
+        FlashDMDRecipe(teacher, FlashDMDConfig(student_init=str(tmp_path / "sdxl")))
