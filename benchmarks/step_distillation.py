@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         rows = [evaluate_model(student, evaluator, k, "auto", guidance, args.num_samples) for k in steps]
         if max(steps) > 1:  # hybrid: the teacher takes the first of the student's steps
             rows.append(evaluate_model(student, evaluator, max(steps), "auto", guidance, args.num_samples,
-                                       base=teacher, base_steps=1, base_guidance=t_guidance))
+                                       base=teacher, base_steps=1, base_guidance=1.0))
         name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
         results["students"][name] = {"train_seconds": meta.get("train_seconds"), "rows": [asdict(r) for r in rows]}
         labelled += [(name, r) for r in rows]

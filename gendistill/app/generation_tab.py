@@ -17,6 +17,8 @@ from gendistill.diffusion.samplers import SAMPLERS
 from gendistill.errors import UserError
 
 SAMPLER_CHOICES = ("auto", *SAMPLERS)
+HYBRID_BASE_GUIDANCE = 1.0
+"""The teacher's guidance in the diversity toggle's first step: unguided keeps its diversity (measured)."""
 MAX_STEPS = 50
 MAX_TEACHER_STEPS = 100
 MAX_IMAGES = 4
@@ -120,7 +122,7 @@ def run_comparison(catalog: ModelCatalog, s: GenerationSettings, cache: TeacherC
     base = None
     if s.diversity:
         base = catalog.load(catalog.teacher)
-        request = replace(request, base_steps=1, base_guidance=catalog.guidance_for(catalog.teacher))
+        request = replace(request, base_steps=1, base_guidance=HYBRID_BASE_GUIDANCE)
     result = generate(model, request, base=base, progress=False)
     model_panel = Panel([to_pil(x) for x in result.images], _describe(s.model, request, result, request.base_steps))
     if catalog.teacher is None:

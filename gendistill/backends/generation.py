@@ -41,7 +41,10 @@ class GenerationRequest:
     karras: bool = False
     base_steps: int = 0
     """Hybrid sampling: the base model takes the first ``base_steps`` of the ``steps``, the model the rest."""
-    base_guidance: float = 7.5
+    base_guidance: float = 1.0
+    """Guidance of the base model's steps. 1 (conditional only, one evaluation) is what restores diversity: on the
+    4-step DMD2 student, 1+3 steps gave diversity 0.93 at base guidance 1 and 0.63 at 4 (benchmarks/results/
+    step_distillation.md)."""
     scheduler: str | None = None
     """A diffusers scheduler class name to sample with instead of the pipeline's own (built from its config)."""
     prompts: tuple[str, ...] | None = None

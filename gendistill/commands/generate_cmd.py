@@ -36,7 +36,9 @@ def add_parser(sub) -> None:
                    help="hybrid sampling (diversity distillation): this model (e.g. the teacher) takes the first "
                         "--base-steps of the --steps, --model the rest")
     p.add_argument("--base-steps", type=int, default=0, help="how many of the --steps --base-model takes")
-    p.add_argument("--base-guidance", type=float, default=7.5, help="guidance scale for --base-model")
+    p.add_argument("--base-guidance", type=float, default=1.0,
+                   help="guidance scale for --base-model's steps (1: conditional only, which keeps the base's "
+                        "diversity; higher scales bring the mode-seeking back)")
     p.add_argument("--lora", default=None,
                    help="a diffusers LoRA file or folder (e.g. shapes-lcm-lora, or a run's DIR/lora) fused into --model "
                         "first, as pipe.load_lora_weights does")

@@ -38,8 +38,8 @@ def test_generate_writes_grid_and_reports_cost(sd_folder, tmp_path, capsys):
 
 def test_hybrid_generate_counts_both_models(sd_folder, tmp_path, capsys):
     code, out, _ = run(capsys, "generate", "--model", str(sd_folder), "--base-model", str(sd_folder),
-                       "--prompt", "a cube", "--base-steps", "1", "--steps", "2", "--sampler", "consistency", "--guidance", "0",
-                       "--num-images", "2", "--out", str(tmp_path / "h.png"))
+                       "--prompt", "a cube", "--base-steps", "1", "--steps", "2", "--sampler", "consistency",
+                       "--guidance", "0", "--base-guidance", "3", "--num-images", "2", "--out", str(tmp_path / "h.png"))
     assert code == 0 and "NFE 3 per image" in out  # base: 1 guided step (2) + student: the other step (1)
 
 

@@ -95,7 +95,7 @@ def evaluation_scenes(num_samples: int) -> list:
 @torch.inference_mode()
 def evaluate_model(model: TextToImageModel, evaluator: ShapesEvaluator, steps: int, sampler: str = "auto",
                    guidance: float = 5.0, num_samples: int = 160, seed: int = 0, batch_size: int = 80,
-                   base: TextToImageModel | None = None, base_steps: int = 0, base_guidance: float = 5.0,
+                   base: TextToImageModel | None = None, base_steps: int = 0, base_guidance: float = 1.0,
                    images_out: list | None = None) -> ModelQuality:
     """Sample ``num_samples`` images over all prompts and score them; optionally keep the images."""
     scenes = evaluation_scenes(num_samples)
