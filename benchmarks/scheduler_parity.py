@@ -183,6 +183,8 @@ SHIPPED = {  # model -> (steps, guidance)
     "shapes-dmd2-1step": (1, 0.0),
     "shapes-lcm-4step": (4, 0.0),
     "shapes-progressive-4step": (4, 5.0),
+    "shapes-dmd2-4step": (4, 0.0),
+    "shapes-phased-dmd-4step": (4, 0.0),  # two expert UNets switching at the phase boundary (its pipeline.py)
 }
 EXTRA_SHIPPED = [("shapes-teacher", "DPMSolverMultistepScheduler", True, "DPM++2M Karras", 10, 5.0)]
 """The teacher has zero terminal SNR: Karras sigmas then start at sigma ~4000 and, at 25 steps, repeat the top

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from gendistill.backends.text_to_image import TextToImageModel
-from gendistill.diffusion.denoiser import TextCondition
 from gendistill.distill.flash_dmd import FlashDMDConfig, FlashDMDRecipe
-from gendistill.distill.models import DistillBatch
 from gendistill.distill.rewards import BrightnessReward, ClipReward, RewardConfig, SizeReward, luminance
 from gendistill.domains.shapes import Camera, Scene, render_batch
 from gendistill.errors import UserError
@@ -18,9 +16,7 @@ from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.trainer import Trainer
 from tiny_pipelines import tiny_sd_pipeline, tiny_unet, unet_model
 
-_g = torch.Generator().manual_seed(321)
-PROMPT_EMBEDS = torch.randn(4, 5, 32, generator=_g)
-REAL_LATENTS = 0.5 * torch.randn(4, 4, 8, 8, generator=_g)
+from test_dmd import batch_fn, fixed_batch, grads  # noqa: E402  (shared fixtures)
 
 
 def tiny_unet_model(seed=0):
@@ -31,20 +27,6 @@ def tiny_unet_model(seed=0):
 def tiny_pipeline_model():
     """A teacher with a VAE (16x16 images from 8x8 latents), for the reward's decode."""
     return TextToImageModel(tiny_sd_pipeline(seed=0))
-
-
-def batch_fn(step, generator, size=2):
-    rows = torch.randint(0, len(PROMPT_EMBEDS), (size,), generator=generator)
-    return DistillBatch([f"prompt {int(i)}" for i in rows], TextCondition(PROMPT_EMBEDS[rows]),
-                        TextCondition(torch.zeros(size, 5, 32)), REAL_LATENTS[rows])
-
-
-def fixed_batch(size=2):
-    return batch_fn(0, torch.Generator().manual_seed(0), size)
-
-
-def grads(module):
-    return [p.grad for p in module.parameters()]
 
 
 def record_timesteps(recipe):

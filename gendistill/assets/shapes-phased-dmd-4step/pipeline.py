@@ -94,7 +94,20 @@ def _check_switches(experts: list, switch_timesteps) -> list[int]:
     return switches
 
 
-class PhasedStableDiffusionPipeline(StableDiffusionPipeline):
+class _SwitchingExperts:
+    """What both phased pipelines add to their stock parent: experts switch during ``__call__``, and saving ships
+    this file as the folder's ``pipeline.py``."""
+
+    def __call__(self, *args, **kwargs):
+        with switching_experts(self):
+            return super().__call__(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        ship_code(self, save_directory)
+
+
+class PhasedStableDiffusionPipeline(_SwitchingExperts, StableDiffusionPipeline):
     """``StableDiffusionPipeline`` with 2-4 expert UNets switching by timestep (a Phased DMD student)."""
 
     _optional_components = [*StableDiffusionPipeline._optional_components, "unet_3", "unet_4"]
@@ -107,16 +120,8 @@ class PhasedStableDiffusionPipeline(StableDiffusionPipeline):
         self.register_modules(unet_2=unet_2, unet_3=unet_3, unet_4=unet_4)
         self.register_to_config(switch_timesteps=_check_switches(experts_of(self), switch_timesteps))
 
-    def __call__(self, *args, **kwargs):
-        with switching_experts(self):
-            return super().__call__(*args, **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
-        ship_code(self, save_directory)
-
-
-class PhasedStableDiffusionXLPipeline(StableDiffusionXLPipeline):
+class PhasedStableDiffusionXLPipeline(_SwitchingExperts, StableDiffusionXLPipeline):
     """``StableDiffusionXLPipeline`` with 2-4 expert UNets switching by timestep (a Phased DMD student)."""
 
     _optional_components = [*StableDiffusionXLPipeline._optional_components, "unet_3", "unet_4"]
@@ -129,11 +134,3 @@ class PhasedStableDiffusionXLPipeline(StableDiffusionXLPipeline):
                          feature_extractor, force_zeros_for_empty_prompt, add_watermarker)
         self.register_modules(unet_2=unet_2, unet_3=unet_3, unet_4=unet_4)
         self.register_to_config(switch_timesteps=_check_switches(experts_of(self), switch_timesteps))
-
-    def __call__(self, *args, **kwargs):
-        with switching_experts(self):
-            return super().__call__(*args, **kwargs)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
-        ship_code(self, save_directory)
