@@ -81,7 +81,8 @@ def test_distill_weight_zero_is_pure_reward_tuning_and_the_reward_reaches_only_t
     assert 0.0 <= loss.terms["reward"] <= 1.0
     assert sum(g.abs().sum() for g in grads(recipe.student_unet) if g is not None) > 0
     vae = recipe.vae
-    assert all(g is None for g in grads(vae) + grads(recipe.distill.fake_unet) + grads(recipe.distill.models.teacher_unet))
+    frozen_parts = grads(vae) + grads(recipe.distill.fake_unet) + grads(recipe.distill.models.teacher_unet)
+    assert all(g is None for g in frozen_parts)
     assert all(p.requires_grad is False for p in recipe.distill.models.teacher_unet.parameters())
 
 
