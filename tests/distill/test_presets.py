@@ -89,9 +89,20 @@ def test_evaluation_during_training_records_quality_and_sample_grids(tiny_teache
     assert result.report is not None and 0 <= result.report.student[0].prompt_accuracy <= 1
 
 
-def test_no_config_is_the_shapes_dmd2_preset():
+def test_no_config_is_the_shapes_dmd2_preset(tmp_path, monkeypatch):
+    """``gendistill distill --out DIR`` trains the shipped 1-step student's recipe."""
+    from gendistill.cli import main
+    from gendistill.jobs.distill import run as run_module
+
+    seen = []
+    monkeypatch.setattr(run_module, "run_distill", lambda config, *a, **k: seen.append(config) or _Written())
+    assert main(["distill", "--out", str(tmp_path / "run")]) == 0
     preset = Path(__file__).parents[2] / "configs" / "distill" / "shapes-dmd2.yaml"
-    assert load_config(DistillConfig) == load_config(DistillConfig, preset)
+    assert seen == [load_config(DistillConfig, preset)] and seen[0].recipe.gan_weight > 0
+
+
+class _Written:
+    written, pipeline, train_seconds = False, None, 0.0
 
 
 def test_ctrl_c_keeps_the_student_and_a_checkpoint_and_resume_finishes_it(tiny_teachers, tmp_path, monkeypatch):
