@@ -39,6 +39,10 @@ class TextCondition:
             out = out.cat(c)
         return out
 
+    def take(self, index: Tensor) -> TextCondition:
+        """Rows ``index`` (a 1-D index tensor) of every field."""
+        return TextCondition(*(None if t is None else t[index.to(t.device)] for t in _fields(self)))
+
     def row(self, i: int) -> TextCondition:
         """Row ``i`` as a batch of one."""
         return TextCondition(*(None if t is None else t[i:i + 1] for t in _fields(self)))

@@ -85,19 +85,12 @@ class SigmaSwitchDenoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, cond: TextCondition | None = None) -> Tensor:
         sigma = torch.as_tensor(sigma, device=x.device)
-        index = self.expert_index(sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma)
+        per_row = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+        index = self.expert_index(per_row)
         if bool((index == index[0]).all()):
             return self.experts[int(index[0])](x, sigma, cond)
         out = torch.empty_like(x)
-        per_row = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
         for k in index.unique().tolist():
             rows = (index == k).nonzero().flatten().to(x.device)
-            out[rows] = self.experts[k](x[rows], per_row[rows], _rows(cond, rows))
+            out[rows] = self.experts[k](x[rows], per_row[rows], None if cond is None else cond.take(rows))
         return out
-
-
-def _rows(cond: TextCondition | None, rows: Tensor) -> TextCondition | None:
-    if cond is None:
-        return None
-    fields = (cond.embeds, cond.pooled, cond.time_ids)
-    return TextCondition(*(None if t is None else t[rows.to(t.device)] for t in fields))

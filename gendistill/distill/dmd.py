@@ -114,12 +114,6 @@ class DMD2Config:
 # --- DMD v1's regression pairs --------------------------------------------------------------------
 
 
-def take_rows(cond: TextCondition, index: Tensor) -> TextCondition:
-    """Rows ``index`` of every field of a condition."""
-    fields = (cond.embeds, cond.pooled, cond.time_ids)
-    return TextCondition(*(None if t is None else t[index.to(t.device)] for t in fields))
-
-
 class RegressionPairs(nn.Module):
     """Fixed (standard-normal noise, teacher ODE output, condition) triples, as buffers so that checkpoints
     carry them. The noise is in VP units: the student and the teacher sampler each scale it to their start."""
@@ -138,7 +132,7 @@ class RegressionPairs(nn.Module):
     def select(self, index: Tensor) -> tuple[Tensor, Tensor, TextCondition]:
         index = index.to(self.noise.device)
         cond = TextCondition(self.embeds, self.pooled, self.time_ids)
-        return self.noise[index], self.target[index], take_rows(cond, index)
+        return self.noise[index], self.target[index], cond.take(index)
 
 
 @torch.no_grad()
@@ -148,16 +142,16 @@ def teacher_ode_pairs(models: TeacherStudent, prompts: DistillBatch, config: DMD
     ``regression_teacher_steps`` steps) from seeded noise, cycling through the rows of ``prompts``."""
     n = config.regression_pairs
     rows = torch.arange(n) % prompts.size
-    cond, uncond = take_rows(prompts.cond, rows), take_rows(prompts.uncond, rows)
+    cond, uncond = prompts.cond.take(rows), prompts.uncond.take(rows)
     noise = torch.randn((n, *models.latent_shape), generator=torch.Generator().manual_seed(config.regression_seed))
     sigmas = DiscreteVPSchedule(models.alphas_cumprod, "trailing").sigmas(config.regression_teacher_steps)
     device = next(models.teacher_unet.parameters()).device
     targets = []
     for start in range(0, n, chunk):
         part = torch.arange(start, min(n, start + chunk))
-        denoiser = CFGDenoiser(models.teacher(), take_rows(uncond, part), config.guidance_scale)
+        denoiser = CFGDenoiser(models.teacher(), uncond.take(part), config.guidance_scale)
         x = initial_scale(float(sigmas[0]), "vp") * noise[part].to(device)
-        targets.append(final_sample(sample_euler(denoiser, x, sigmas, take_rows(cond, part))))
+        targets.append(final_sample(sample_euler(denoiser, x, sigmas, cond.take(part))))
     return RegressionPairs(noise.to(device), torch.cat(targets), cond.to(device))
 
 
