@@ -9,6 +9,12 @@ class RunStopped(Exception):
     """A long run stopped on purpose (e.g. a NaN loss): one line on stderr, exit code 1, outputs kept."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def key_path(path: str, name: str) -> str:
     """The dotted config key of ``name`` inside the section at ``path`` ("" is the root): for messages."""
     return f"{path}.{name}" if path else name

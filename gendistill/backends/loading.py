@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from gendistill.errors import UserError
+from gendistill.errors import UserError, first_line
 from gendistill.shipped import is_shipped_reference, list_shipped_models, resolve_model_name
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -48,8 +48,7 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | 
             pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
                                                      trust_remote_code=ships_our_pipeline(source))
     except (OSError, ValueError, EnvironmentError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"could not load a diffusers pipeline from {model!r}: {first}") from None
+        raise UserError(f"could not load a diffusers pipeline from {model!r}: {first_line(err)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

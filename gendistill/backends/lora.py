@@ -138,15 +138,14 @@ def apply_lora_file(pipe, path: str | Path, scale: float = 1.0):
     """Load a diffusers LoRA file or folder (``pytorch_lora_weights.safetensors``; a shipped name such as
     ``shapes-lcm-lora`` works) onto ``pipe`` with stock ``load_lora_weights``, and fuse it at ``scale`` (a slider's
     strength); the pipeline keeps plain weights afterwards. Returns ``pipe``."""
-    from gendistill.errors import UserError
+    from gendistill.errors import UserError, first_line
     from gendistill.shipped import resolve_model_name
 
     source = resolve_model_name(str(path))
     try:
         pipe.load_lora_weights(source)
     except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"could not load a LoRA from {str(path)!r}: {first}") from None
+        raise UserError(f"could not load a LoRA from {str(path)!r}: {first_line(err)}") from None
     pipe.fuse_lora(lora_scale=scale)
     pipe.unload_lora_weights()
     return pipe

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gendistill.errors import UserError
+from gendistill.errors import UserError, first_line
 
 
 @dataclass
@@ -147,7 +147,7 @@ def read_newest_readable(root: Path) -> tuple[CheckpointData, list[str]]:
         try:
             return read_checkpoint(path), unreadable
         except Exception as err:  # noqa: BLE001 - any damage means: try the previous checkpoint
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             unreadable.append(f"{path.name}: {reason}")
     if not unreadable:
         raise UserError(f"--resume: no checkpoint in {root}")
