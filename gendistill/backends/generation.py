@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gendistill.backends.sampling_route import SamplingRoute, route_for, say_once
-from gendistill.backends.scheduler_driver import TimestepUnits, sample_with_scheduler, set_timesteps
+from gendistill.backends.scheduler_driver import TimestepUnits, sample_with_scheduler
 from gendistill.backends.text_to_image import Boundary, TextToImageModel
 from gendistill.diffusion.adapters import network_dtype
 from gendistill.diffusion.guidance import CFGDenoiser
@@ -149,18 +149,6 @@ def resolve_route(model: TextToImageModel, request: GenerationRequest) -> Sampli
     return route
 
 
-def check_step_count(route: SamplingRoute, model: TextToImageModel, request: GenerationRequest) -> None:
-    """A UserError where the scheduler refuses the step count (an LCMScheduler takes at most its
-    ``original_inference_steps``: a 1-step DMD2 student's takes 1), as the stock pipeline would raise."""
-    if route.scheduler is None:
-        return
-    try:
-        set_timesteps(route.scheduler, request.steps, model.latent_shape(1), model.network.device, model.patch_size)
-    except ValueError as err:
-        raise UserError(f"{type(route.scheduler).__name__} cannot take {request.steps} steps for this model: "
-                        f"{err}") from err
-
-
 @dataclass
 class SamplingRun:
     """A step stream, its length, and the map from its last step to pipeline latents."""
@@ -176,7 +164,6 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
     """The step stream for this request: through the pipeline's scheduler (auto) or a named sampler."""
     validate(request, has_base=base is not None)
     route = resolve_route(model, request)
-    check_step_count(route, model, request)
     if base is not None and base.latent_shape(1) != model.latent_shape(1):
         raise UserError("the base model's latent shape differs from the model's; they must share a VAE")
     boundary = None if route.scheduler is not None else "pipeline"  # LCMScheduler.step applies it itself

@@ -132,7 +132,10 @@ def sample_with_scheduler(scheduler, denoiser: Denoiser, noise: Tensor, cond, st
 
     The timesteps are set when this is called (``len(scheduler.timesteps)`` is then the stream's length); the
     network runs as the stream is read."""
-    set_timesteps(scheduler, steps, tuple(noise.shape), noise.device, patch_size)
+    try:
+        set_timesteps(scheduler, steps, tuple(noise.shape), noise.device, patch_size)
+    except ValueError as err:  # e.g. an LCMScheduler asked for more steps than its original_inference_steps
+        raise UserError(f"{type(scheduler).__name__} cannot take {steps} steps for this model: {err}") from err
     return _drive(scheduler, denoiser, initial_latents(scheduler, noise), cond, units,
                   _step_kwargs(scheduler, generator, eta))
 

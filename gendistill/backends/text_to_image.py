@@ -209,6 +209,10 @@ class TextToImageModel:
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Pipeline latents to images in [0, 1], (B, 3, H, W)."""
+        return self.decode_with_grad(latents)
+
+    def decode_with_grad(self, latents: Tensor) -> Tensor:
+        """``decode`` keeping the autograd graph (reward fine-tuning back-propagates through the VAE)."""
         vae = self.pipe.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None) is not None and self.family == "flow":
@@ -235,16 +239,14 @@ def _guidance_condition(network: nn.Module, guidance: float | Tensor, num_images
 def _phased_experts(pipe, train_sigmas: Tensor) -> tuple[list[nn.Module], list[float]]:
     """A phased pipeline's expert UNets and the sigmas below which each later one takes over (at the pipeline's
     own switch point between timesteps, so both samplers switch on the same steps); ``([unet], [])`` else."""
-    import numpy as np
-
     from gendistill.backends.phased_pipeline import SWITCH_MARGIN, experts_of
+    from gendistill.backends.scheduler_driver import TimestepUnits
 
     switches = (getattr(pipe, "config", None) or {}).get("switch_timesteps")
     if not switches:
         return [pipe.unet], []
-    table = train_sigmas.double().numpy()
-    sigmas = [float(np.interp(t + SWITCH_MARGIN, np.arange(len(table)), table)) for t in switches]
-    return experts_of(pipe), sigmas
+    units = TimestepUnits("vp", train_sigmas)
+    return experts_of(pipe), [units.sigma(t + SWITCH_MARGIN) for t in switches]
 
 
 def _alphas_cumprod(config: dict) -> Tensor:

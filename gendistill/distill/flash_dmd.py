@@ -146,20 +146,12 @@ def load_student_weights(unet: nn.Module, folder: str) -> None:
                         f"{str(err).splitlines()[0]}") from None
 
 
-def decode_with_grad(vae: nn.Module, latents: Tensor) -> Tensor:
-    """VAE-decode scaled latents to images in [0, 1] with the graph kept (``TextToImageModel.decode`` is
-    no-grad); the VAE's own parameters get no gradient."""
-    with frozen(vae):
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
 class FlashDMDRecipe:
     """Phases ``fake_score`` (``fake_updates`` times; absent when ``distill_weight`` is 0) then ``generator``."""
 
     def __init__(self, model: TextToImageModel, config: FlashDMDConfig):
         check_config(config, config.KIND)
-        self.config = config
+        self.model, self.config = model, config
         self.distill = DMD2Recipe(model, config.dmd2(model.num_train_timesteps))
         self.student_unet = self.distill.models.student_unet
         if config.student_init:
@@ -212,5 +204,6 @@ class FlashDMDRecipe:
     def reward_of(self, x0: Tensor, prompts: list[str]) -> Tensor:
         """The reward of the first ``reward.samples`` samples, decoded (and downsampled) with gradient, (n,)."""
         n = min(self.config.reward.samples, x0.shape[0])
-        images = self.config.reward.prepare(decode_with_grad(self.vae, x0[:n]))
+        with frozen(self.vae):  # the graph reaches the student through the VAE, whose weights stay as they are
+            images = self.config.reward.prepare(self.model.decode_with_grad(x0[:n]))
         return self.reward(images, list(prompts[:n]))
