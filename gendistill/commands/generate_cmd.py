@@ -40,8 +40,8 @@ def add_parser(sub) -> None:
                    help="guidance scale for --base-model's steps (1: conditional only, which keeps the base's "
                         "diversity; higher scales bring the mode-seeking back)")
     p.add_argument("--lora", default=None,
-                   help="a diffusers LoRA file or folder (e.g. shapes-lcm-lora, or a run's DIR/lora) fused into --model "
-                        "first, as pipe.load_lora_weights does")
+                   help="a diffusers LoRA file or folder (e.g. shapes-lcm-lora, or a run's DIR/lora) fused into "
+                        "--model first, as pipe.load_lora_weights does")
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (a slider's position)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output PNG (the grid, or the one image)")
