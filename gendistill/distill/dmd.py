@@ -40,7 +40,7 @@ from gendistill.diffusion.timesteps import TimestepRange
 from gendistill.distill.dmd_gan import (GANHead, bottleneck_channels, bottleneck_features, discriminator_loss,
                                         frozen, generator_gan_loss)
 from gendistill.distill.export import StudentSampling
-from gendistill.distill.models import DistillBatch, TeacherStudent
+from gendistill.distill.models import DistillBatch, TeacherStudent, load_student_weights
 from gendistill.distill.recipes import BoundRecipe
 from gendistill.errors import UserError, check_choice, check_range, key_path
 from gendistill.recipe import Loss, Phase, Update
@@ -88,6 +88,9 @@ class DMD2Config:
     """GAN inputs are noised to a timestep uniform in this range (fractions of the training timesteps)."""
     timestep_scaling: float = 1e6
     """LCM boundary condition's timestep scaling, trained with and exported to LCMScheduler (huge: identity)."""
+    student_init: str | None = None
+    """A distilled student's diffusers folder (or shipped name, e.g. shapes-dmd2-1step) whose UNet the generator
+    starts from (continued training; the fake score still starts from the teacher); None: a copy of the teacher."""
 
     @property
     def resolved_original_steps(self) -> int:
@@ -184,6 +187,8 @@ class DMD2Recipe:
     def __init__(self, model: TextToImageModel, config: DMD2Config, regression_prompts: DistillBatch | None = None):
         check_config(config, config.KIND)
         self.models, self.config = TeacherStudent(model), config
+        if config.student_init:
+            load_student_weights(self.models.student_unet, config.student_init)
         T = model.num_train_timesteps
         self.fake_unet = make_fake_score(self.models.teacher_unet, config.fake_lora_rank)
         self.student = self.models.student(boundary=config.timestep_scaling)

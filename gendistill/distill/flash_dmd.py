@@ -121,7 +121,7 @@ class FlashDMDConfig:
             original_steps=self.original_steps, timesteps=dm_range, fake_lora_rank=self.fake_lora_rank,
             fake_loss_weighting=self.fake_loss_weighting, gan_weight=self.gan_weight,
             gan_disc_weight=self.gan_disc_weight, gan_head_channels=self.gan_head_channels,
-            gan_timesteps=gan_range, timestep_scaling=self.timestep_scaling)
+            gan_timesteps=gan_range, timestep_scaling=self.timestep_scaling, student_init=self.student_init)
 
     def build(self, model: TextToImageModel, first_batch: Callable[[], DistillBatch] | None = None) -> BoundRecipe:
         """The Flash-DMD recipe on ``model``; the student exports as DMD2's does (LCMScheduler)."""
@@ -132,20 +132,6 @@ class FlashDMDConfig:
                            self.student_steps, 0.0)
 
 
-def load_student_weights(unet: nn.Module, folder: str) -> None:
-    """Copy the UNet weights of the diffusers folder ``folder`` into ``unet`` (same architecture required)."""
-    from diffusers import UNet2DConditionModel
-
-    from gendistill.shipped import resolve_model_name
-
-    source = UNet2DConditionModel.from_pretrained(resolve_model_name(folder), subfolder="unet")
-    try:
-        unet.load_state_dict(source.state_dict())
-    except RuntimeError as err:  # missing, unexpected or differently shaped weights
-        raise UserError(f"flash_dmd.student_init {folder!r} has another UNet architecture than the teacher's: "
-                        f"{str(err).splitlines()[0]}") from None
-
-
 class FlashDMDRecipe:
     """Phases ``fake_score`` (``fake_updates`` times; absent when ``distill_weight`` is 0) then ``generator``."""
 
@@ -154,8 +140,6 @@ class FlashDMDRecipe:
         self.model, self.config = model, config
         self.distill = DMD2Recipe(model, config.dmd2(model.num_train_timesteps))
         self.student_unet = self.distill.models.student_unet
-        if config.student_init:
-            load_student_weights(self.student_unet, config.student_init)
         self.reward: Reward | None = None
         self.vae = None
         if config.reward_weight > 0:

@@ -85,3 +85,17 @@ class TeacherStudent:
     def noise(self, batch_size: int, generator: torch.Generator, device=None) -> Tensor:
         """Standard normal latents of the student's shape, drawn from ``generator``."""
         return torch.randn((batch_size, *self.latent_shape), generator=generator, device=device)
+
+
+def load_student_weights(unet: nn.Module, folder: str) -> None:
+    """Copy the UNet weights of the diffusers folder ``folder`` into ``unet`` (same architecture required)."""
+    from diffusers import UNet2DConditionModel
+
+    from gendistill.shipped import resolve_model_name
+
+    source = UNet2DConditionModel.from_pretrained(resolve_model_name(folder), subfolder="unet")
+    try:
+        unet.load_state_dict(source.state_dict())
+    except RuntimeError as err:  # missing, unexpected or differently shaped weights
+        raise UserError(f"student_init {folder!r} has another UNet architecture than the teacher's: "
+                        f"{str(err).splitlines()[0]}") from None
