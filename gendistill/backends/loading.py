@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 import warnings
 from contextlib import contextmanager
@@ -45,13 +47,28 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | 
     source = resolve_model(model)
     try:
         with quiet_pipeline_notices():
-            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
-                                                     trust_remote_code=ships_our_pipeline(source))
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, trust_remote_code=ships_our_pipeline(source),
+                                                     **{"safety_checker": None, **dropped_components(source)})
     except (OSError, ValueError, EnvironmentError) as err:
         raise UserError(f"could not load a diffusers pipeline from {model!r}: {first_line(err)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
+
+
+def dropped_components(source: str) -> dict[str, None]:
+    """``{name: None}`` for each component a local folder saved as absent (``[null, null]`` in model_index.json),
+    e.g. an SD3 pipeline without T5: diffusers wants those passed as None, as in its "drop the T5 text encoder"
+    recipe ``StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)``."""
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return {}
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}  # from_pretrained says what is wrong with the folder
+    return {name: None for name, value in entries.items()
+            if not name.startswith("_") and isinstance(value, list) and value in ([None, None], [])}
 
 
 def ships_our_pipeline(source: str) -> bool:

@@ -79,21 +79,21 @@ def train_teacher(config: TeacherConfig, out_dir: str | Path, resume: bool = Fal
     ``train_report.json`` (with ``stopped``), then re-raises; ``resume=True`` continues from there.
     """
     out_dir = prepare_out_dir(out_dir)
-    _check_checkpoints(out_dir / "checkpoints", resume)
-    threads = _set_threads(config.threads)
+    check_checkpoints(out_dir / "checkpoints", resume)
+    threads = set_threads(config.threads)
     save_config(config, out_dir / "config.yaml")
     components = build_components(config.model, torch.Generator().manual_seed(config.seed))
     renders = load_or_make_renders(
         out_dir / "cache" / "renders.safetensors", f"seed={config.seed} n={config.data.cache_size}",
         lambda: render_cache(config.data, config.data.cache_size, torch.Generator().manual_seed(config.seed + 1)))
-    report = _read_report(out_dir)
+    report = read_report(out_dir)
     results: dict[str, TrainResult] = {}
     for plan in _plans(config, components, renders, out_dir):
         trainer = None
         if plan.stage.steps > 0:
             trainer = _stage_trainer(plan, config, components, out_dir, report, progress, threads, on_step, log)
-            results[plan.stage.name] = trainer.fit(resume=resume and _resumable(trainer.checkpoint_root, log))
-            _record(out_dir, report, plan.stage.name, results[plan.stage.name])
+            results[plan.stage.name] = trainer.fit(resume=resume and resumable(trainer.checkpoint_root, log))
+            record_stage(out_dir, report, plan.stage.name, results[plan.stage.name])
         plan.finish(trainer)
     summary = _summary(config, report)
     pipeline = export_and_report(components, config, out_dir / "pipeline", summary, log=log)
@@ -108,8 +108,8 @@ def _stage_trainer(plan: StagePlan, config: TeacherConfig, components: TeacherCo
     trainer_config = plan.stage.trainer_config(len(STAGE_NAMES) * config.seed + STAGE_NAMES.index(name),
                                                config.checkpoint)
     return Trainer(TeacherRecipe(components, plan.stage), trainer_config, out_dir / "checkpoints" / name,
-                   plan.batches(), progress=progress, on_step=_stage_hook(name, threads, on_step),
-                   on_stop=lambda result: _record(out_dir, report, name, result), log=log,
+                   plan.batches(), progress=progress, on_step=stage_hook(name, threads, on_step),
+                   on_stop=lambda result: record_stage(out_dir, report, name, result), log=log,
                    description=f"teacher/{name}")
 
 
@@ -141,7 +141,7 @@ def _plans(config: TeacherConfig, components: TeacherComponents, renders: Render
     ]
 
 
-def _resumable(root: Path, log: Callable[[str], None]) -> bool:
+def resumable(root: Path, log: Callable[[str], None]) -> bool:
     """Whether a checkpoint under ``root`` reads whole (the trainer resumes from the newest such). A stage
     with none starts again: the stage before it ended whole, so only this stage's steps are lost."""
     if not checkpoints_newest_first(root):
@@ -154,7 +154,7 @@ def _resumable(root: Path, log: Callable[[str], None]) -> bool:
     return True
 
 
-def _check_checkpoints(root: Path, resume: bool) -> None:
+def check_checkpoints(root: Path, resume: bool) -> None:
     found = root.is_dir() and any(checkpoints_newest_first(p / "checkpoints") for p in root.iterdir() if p.is_dir())
     if not resume and found:
         raise UserError(f"{root} already holds checkpoints; pass --resume to continue them, "
@@ -163,7 +163,7 @@ def _check_checkpoints(root: Path, resume: bool) -> None:
         raise UserError(f"--resume: no checkpoint in {root}; run without --resume to start")
 
 
-def _set_threads(threads: int) -> AdaptiveThreads | None:
+def set_threads(threads: int) -> AdaptiveThreads | None:
     """Apply ``config.threads``; for -1, the tuner that switches between 1 and 2 threads by timing both."""
     if threads > 0:
         torch.set_num_threads(threads)
@@ -173,7 +173,7 @@ def _set_threads(threads: int) -> AdaptiveThreads | None:
     return None
 
 
-def _stage_hook(stage: str, threads: AdaptiveThreads | None, on_step: StageHook | None):
+def stage_hook(stage: str, threads: AdaptiveThreads | None, on_step: StageHook | None):
     last = [time.perf_counter()]
 
     def hook(step: int, row: dict, losses) -> None:
@@ -190,12 +190,12 @@ def _stage_hook(stage: str, threads: AdaptiveThreads | None, on_step: StageHook 
 # ----------------------------------------------------------------------------- train_report.json
 
 
-def _read_report(out_dir: Path) -> dict:
+def read_report(out_dir: Path) -> dict:
     path = out_dir / "train_report.json"
     return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
 
 
-def _record(out_dir: Path, report: dict, stage: str, result: TrainResult) -> None:
+def record_stage(out_dir: Path, report: dict, stage: str, result: TrainResult) -> None:
     """Add this call's steps and seconds of ``stage`` to ``train_report.json`` (restores add nothing)."""
     entry = report["stages"].setdefault(stage, {"steps": 0, "seconds": 0.0})
     if result.step != entry["steps"]:
@@ -238,7 +238,7 @@ def export_from_checkpoint(config: TeacherConfig, out_dir: str | Path, dest: Pat
     stage, data = found
     if stage == VAEStage.name:
         raise UserError(f"{data.path} is still in the VAE stage; nothing to export yet")
-    _set_threads(config.threads)
+    set_threads(config.threads)
     components = build_components(config.model, torch.Generator().manual_seed(config.seed))
     modules = teacher_modules(components)
     for name, module in modules.items():
@@ -248,7 +248,7 @@ def export_from_checkpoint(config: TeacherConfig, out_dir: str | Path, dest: Pat
     if stage == DiffusionStage.name and data.ema is not None:
         modules[EMA_MODULE].load_state_dict(data.ema)
     steps = data.meta["step"] if stage == DiffusionStage.name else config.diffusion.steps
-    summary = _summary(config, _read_report(out_dir), steps)
+    summary = _summary(config, read_report(out_dir), steps)
     return export_and_report(components, config, dest or out_dir / "pipeline", summary, log=log)
 
 

@@ -72,7 +72,9 @@ def test_ddim_matches_zero_terminal_snr_trailing(tmp_path):
                             prediction_type="v_prediction")
     request = GenerationRequest("a red sphere", sampler="euler", steps=4, guidance=3.0, seed=8)
     expected = stock_latents(pipe, EulerDiscreteScheduler, request)
-    assert (ours(pipe, request) - expected).abs().max().item() <= TOL
+    # the first sigma is ~4096: one float32 ulp of the starting latents is 4.9e-4, and which way each of them
+    # rounds depends on the CPU's vector kernels (1.4e-4 seen on one machine, < 1e-4 on another)
+    assert (ours(pipe, request) - expected).abs().max().item() <= 5e-4
     request = GenerationRequest("a red sphere", sampler="ddim", steps=4, guidance=3.0, seed=8)
     expected = stock_latents(pipe, DDIMScheduler, request)
     assert (ours(pipe, request) - expected).abs().max().item() <= 5e-3

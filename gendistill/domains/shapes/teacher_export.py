@@ -176,7 +176,7 @@ def write_model_card(directory: str | Path, info: CardInfo) -> Path:
         "",
         f"- command: `{info.command}`",
         f"- seed: {cfg.seed}",
-        f"- wall-clock of training: {info.wall_clock_s / 60:.1f} min on {_machine()}",
+        f"- wall-clock of training: {info.wall_clock_s / 60:.1f} min on {machine_description()}",
         "- seconds per step: " + ", ".join(f"{k} {v:.3f}" for k, v in info.seconds_per_step.items()),
         f"- VAE steps: {cfg.vae.steps} (batch {cfg.vae.batch_size}); text encoder + UNet steps: "
         f"{info.diffusion_steps_done} of {cfg.diffusion.steps} (batch {cfg.diffusion.batch_size}, lr {cfg.diffusion.lr:g}, caption dropout "
@@ -187,18 +187,19 @@ def write_model_card(directory: str | Path, info: CardInfo) -> Path:
         f"{cfg.model.noise.timestep_spacing} spacing",
         "",
     ]
-    lines += _eval_lines(info.eval)
+    lines += eval_table_lines(info.eval, "Stock `StableDiffusionPipeline`, DDIM")
     lines += ["## Resolved config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "```", ""]
     path = Path(directory) / "README.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def _eval_lines(report: EvalReport | None) -> list[str]:
+def eval_table_lines(report: EvalReport | None, sampling: str) -> list[str]:
+    """The card's evaluation section; ``sampling`` names the pipeline and scheduler that made the images."""
     if report is None:
         return ["## Evaluation", "", "Not evaluated (eval.enabled is false or no classifier was found).", ""]
     lines = ["## Evaluation", "",
-             f"Stock `StableDiffusionPipeline`, guidance {report.guidance_scale:g}, DDIM; scored by the shapes "
+             f"{sampling}, guidance {report.guidance_scale:g}; scored by the shapes "
              "classifier (`assets/shapes-classifier`): prompt accuracy (shape and colour right), FID of "
              "classifier features against held-out renders, diversity (generated / real mean pairwise "
              "feature distance per prompt).", "",
@@ -209,7 +210,7 @@ def _eval_lines(report: EvalReport | None) -> list[str]:
                      f"| {r.fid:.2f} | {_fmt(r.diversity)} | {r.num_images} | {r.seconds / r.num_images:.3f} |")
     if report.seconds_64_images_50_steps is not None:
         lines += ["", f"64 images, 50 guided steps, one pipeline call: {report.seconds_64_images_50_steps:.1f} s "
-                  f"on {_machine()}."]
+                  f"on {machine_description()}."]
     return lines + [""]
 
 
@@ -217,7 +218,7 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
-def _machine() -> str:
+def machine_description() -> str:
     cores = os.cpu_count() or 0
     return f"{cores} CPU cores ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
 

@@ -104,7 +104,7 @@ def _psnr(mse: Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse.item(), 1e-10))
 
 
-def _trainer_config(steps: int, seed: int, checkpoint: CheckpointConfig, phase: str, lr: float, warmup: int,
+def stage_trainer_config(steps: int, seed: int, checkpoint: CheckpointConfig, phase: str, lr: float, warmup: int,
                     weight_decay: float = 0.0, grad_clip: float | None = 1.0,
                     ema_decay: float | None = None) -> TrainerConfig:
     config = TrainerConfig(
@@ -142,7 +142,7 @@ class VAEStage:
         return Loss(total, {"psnr": _psnr(mse), "kl": kl.item()})
 
     def trainer_config(self, seed: int, checkpoint: CheckpointConfig) -> TrainerConfig:
-        return _trainer_config(self.config.steps, seed, checkpoint, self.name, self.config.lr,
+        return stage_trainer_config(self.config.steps, seed, checkpoint, self.name, self.config.lr,
                                self.config.warmup_steps)
 
 
@@ -170,7 +170,7 @@ class DecoderStage:
         return Loss(mse + self.config.l1_weight * (recon - x).abs().mean(), {"psnr": _psnr(mse)})
 
     def trainer_config(self, seed: int, checkpoint: CheckpointConfig) -> TrainerConfig:
-        return _trainer_config(self.config.steps, seed, checkpoint, self.name, self.config.lr,
+        return stage_trainer_config(self.config.steps, seed, checkpoint, self.name, self.config.lr,
                                self.config.warmup_steps)
 
 
@@ -244,7 +244,7 @@ class DiffusionStage:
 
     def trainer_config(self, seed: int, checkpoint: CheckpointConfig) -> TrainerConfig:
         cfg = self.config
-        return _trainer_config(cfg.steps, seed, checkpoint, self.name, cfg.lr, cfg.warmup_steps,
+        return stage_trainer_config(cfg.steps, seed, checkpoint, self.name, cfg.lr, cfg.warmup_steps,
                                cfg.weight_decay, cfg.grad_clip, cfg.ema_decay)
 
 
