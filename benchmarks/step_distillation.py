@@ -1,36 +1,52 @@
-"""Benchmark: the shapes teacher at 50/8/4/2/1 steps against every shipped student at 1/2/4 steps.
+"""Benchmark: each shapes teacher at its step counts beside every shipped student of it, in one run.
 
-    python benchmarks/step_distillation.py [--num-samples 160] [--out benchmarks/results]
+    python benchmarks/step_distillation.py [--num-samples 160] [--out benchmarks/results] [--student DIR ...]
 
-Writes step_distillation.json and step_distillation.md (prompt accuracy, FID, diversity, NFE, ms per
-image, each student's training wall-clock) plus a hybrid row per student (teacher for the first step).
-Everything is measured in one run on one machine, so the ratios between rows are what to read.
+Two families: the VP teacher (``assets/shapes-teacher``, 50/8/4/2/1 steps) with the UNet students, and the
+flow-matching teacher (``assets/shapes-flow-teacher``, 28/8/4/2/1 steps, when shipped) with the flow students.
+Each student is measured at 1/2/4 steps plus a hybrid row (its teacher takes the first step). Writes
+step_distillation.json and step_distillation.md (prompt accuracy, FID, diversity, NFE, ms per image, each
+student's training wall-clock, and each student's speed-up per image over its teacher at the teacher's
+default steps). Everything is measured in one run on one machine, so the ratios between rows are what to read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "gendistill" / "assets"
+STUDENT_PATTERNS = ("shapes-*step*", "shapes-meanflow*", "shapes-twinflow*", "shapes-boot*")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A teacher, the step counts it is measured at (the first is its default), and its network family."""
+
+    label: str
+    folder: Path
+    steps: tuple[int, ...]
+
+
+FAMILIES = (Family("teacher", ASSETS / "shapes-teacher", (50, 8, 4, 2, 1)),
+            Family("flow teacher", ASSETS / "shapes-flow-teacher", (28, 8, 4, 2, 1)))
 
 
 def shipped_students(assets: Path) -> list[Path]:
-    return sorted(p for p in assets.glob("shapes-*step*") if (p / "model_index.json").is_file())
+    found = {p for pattern in STUDENT_PATTERNS for p in assets.glob(pattern) if (p / "model_index.json").is_file()}
+    return sorted(found)
 
 
 def main(argv=None) -> int:
     from gendistill.compat import prepare_process
 
     prepare_process()  # as the gendistill command does: the torchvision shim, passive OpenMP waits
-    from gendistill.backends.loading import load_pipeline
-    from gendistill.backends.text_to_image import TextToImageModel
-    from gendistill.domains.shapes.evaluation import ShapesEvaluator, default_guidance, evaluate_model, format_table
+    from gendistill.domains.shapes.evaluation import ShapesEvaluator, format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default=str(ROOT / "assets" / "shapes-teacher"))
     parser.add_argument("--num-samples", type=int, default=160)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--student", action="append", default=[], metavar="DIR",
@@ -38,38 +54,51 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     evaluator = ShapesEvaluator.load()
-    teacher = TextToImageModel(load_pipeline(args.teacher))
-    t_guidance = default_guidance(teacher, args.teacher)
-    results = {"teacher": [asdict(evaluate_model(teacher, evaluator, k, "auto", t_guidance, args.num_samples))
-                           for k in (50, 8, 4, 2, 1)], "students": {}}
-    labelled = [("teacher", _row(r)) for r in results["teacher"]]
-    trained = []
-    for folder in [*shipped_students(ROOT / "assets"), *map(Path, args.student)]:
-        meta = json.loads((folder / "gendistill.json").read_text()) if (folder / "gendistill.json").is_file() else {}
-        student = TextToImageModel(load_pipeline(str(folder)))
-        guidance = default_guidance(student, folder)
-        steps = [k for k in (1, 2, 4) if k <= meta.get("max_steps", 4)]
-        rows = [evaluate_model(student, evaluator, k, "auto", guidance, args.num_samples) for k in steps]
-        if max(steps) > 1:  # hybrid: the teacher takes the first of the student's steps
-            rows.append(evaluate_model(student, evaluator, max(steps), "auto", guidance, args.num_samples,
-                                       base=teacher, base_steps=1, base_guidance=1.0))
-        name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
-        results["students"][name] = {"train_seconds": meta.get("train_seconds"), "rows": [asdict(r) for r in rows]}
-        labelled += [(name, r) for r in rows]
-        trained.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s")
+    students = [*shipped_students(ASSETS), *map(Path, args.student)]
+    results, labelled, notes = {"teachers": {}, "students": {}}, [], []
+    for family in FAMILIES:
+        if (family.folder / "model_index.json").is_file():
+            measure_family(family, students, evaluator, args.num_samples, results, labelled, notes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_distillation.json").write_text(json.dumps(results, indent=2))
-    text = format_table(labelled) + "\n\nStudent training wall-clock:\n" + "\n".join(trained) + "\n"
+    text = format_table(labelled) + "\n\nStudent training wall-clock, speed-up per image over the teacher at its " \
+        "default steps:\n" + "\n".join(notes) + "\n"
     (out / "step_distillation.md").write_text(text)
     print(text)
     return 0
 
 
-def _row(d):
-    from gendistill.domains.shapes.evaluation import ModelQuality
+def measure_family(family: Family, students: list[Path], evaluator, num_samples: int, results: dict,
+                   labelled: list, notes: list) -> None:
+    """The teacher's rows, then each student of the teacher's network family (1/2/4 steps and a hybrid)."""
+    from gendistill.backends.loading import load_pipeline
+    from gendistill.backends.text_to_image import TextToImageModel
+    from gendistill.domains.shapes.evaluation import default_guidance, evaluate_model
 
-    return ModelQuality(**d)
+    teacher = TextToImageModel(load_pipeline(str(family.folder)))
+    t_guidance = default_guidance(teacher, family.folder)
+    rows = [evaluate_model(teacher, evaluator, k, "auto", t_guidance, num_samples) for k in family.steps]
+    results["teachers"][family.label] = [asdict(r) for r in rows]
+    labelled += [(family.label, r) for r in rows]
+    for folder in students:
+        student = TextToImageModel(load_pipeline(str(folder)))
+        if student.family != teacher.family:
+            continue
+        meta = json.loads((folder / "gendistill.json").read_text()) if (folder / "gendistill.json").is_file() else {}
+        guidance = default_guidance(student, folder)
+        steps = [k for k in (1, 2, 4) if k <= meta.get("max_steps", 4)]
+        own = [evaluate_model(student, evaluator, k, "auto", guidance, num_samples) for k in steps]
+        if max(steps) > 1:  # hybrid: the teacher takes the first of the student's steps
+            own.append(evaluate_model(student, evaluator, max(steps), "auto", guidance, num_samples,
+                                      base=teacher, base_steps=1, base_guidance=1.0))
+        name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
+        results["students"][name] = {"teacher": family.label, "train_seconds": meta.get("train_seconds"),
+                                     "rows": [asdict(r) for r in own]}
+        labelled += [(name, r) for r in own]
+        speedup = rows[0].ms_per_image / own[0].ms_per_image
+        notes.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s; {own[0].steps}-step images "
+                     f"{speedup:.1f}x faster than the {family.label} at {family.steps[0]} steps")
 
 
 if __name__ == "__main__":
