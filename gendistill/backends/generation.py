@@ -163,6 +163,8 @@ def sample_steps(model: TextToImageModel, request: GenerationRequest, base: Text
                  counters: list | None = None) -> SamplingRun:
     """The step stream for this request: through the pipeline's scheduler (auto) or a named sampler."""
     validate(request, has_base=base is not None)
+    if model.interval_embedder is not None:
+        return _flow_map_run(model, request, base, counters)
     route = resolve_route(model, request)
     if base is not None and base.latent_shape(1) != model.latent_shape(1):
         raise UserError("the base model's latent shape differs from the model's; they must share a VAE")
@@ -209,6 +211,49 @@ def _named_run(model, request, route, denoisers, cond, noise, generator) -> Samp
     head, tail = split_for_hybrid(plan.sigmas, request.base_steps)
     stages = [HybridStage(sample_euler, base_denoiser, head), HybridStage(sampler, denoiser, tail, options)]
     return SamplingRun(sample_hybrid(stages, x, None, generator=generator), request.steps, to_latents, route)
+
+
+def _flow_map_run(model: TextToImageModel, request: GenerationRequest, base, counters) -> SamplingRun:
+    """A MeanFlow student: jumps ``z_r = z_t - (t - r) u`` on its scheduler's grid, as its pipeline samples (same
+    noise, same arithmetic), with CFG on u when ``guidance > 1`` (as the pipeline's ``guidance_scale``)."""
+    from gendistill.backends.meanflow_pipeline import flow_map_sigmas, flow_map_steps, interval_velocity
+
+    if base is not None or request.sampler != "auto" or request.scheduler is not None or request.karras:
+        raise UserError("a MeanFlow student samples by its own flow map: use --sampler auto, without --scheduler, "
+                        "--karras or --base-model")
+    cond, uncond = _conditions(model, request)
+    guided = request.guidance > 1
+    both = uncond.cat(cond) if guided else cond
+    network, T = model.network, model.num_train_timesteps
+    dtype = network_dtype(network)
+    embeds, pooled = both.embeds.to(dtype), both.pooled.to(dtype)
+    counter = CountingDenoiser(None, request.num_images)
+    counters.append(counter)
+
+    def velocity(z, t, r):
+        n = 2 if guided else 1
+        counter.nfe += n
+        u = interval_velocity(network, model.interval_embedder, z.repeat(n, 1, 1, 1), t.repeat(n), r.repeat(n),
+                              embeds, pooled, T)
+        if not guided:
+            return u
+        u_uncond, u_cond = u.chunk(2)
+        return u_uncond + request.guidance * (u_cond - u_uncond)
+
+    generator = torch.Generator(network.device).manual_seed(request.seed)
+    noise = torch.randn(model.latent_shape(request.num_images), generator=generator, device=network.device,
+                        dtype=dtype)
+    sigmas = flow_map_sigmas(request.steps, float(model.config.get("shift", 1.0)))
+
+    def steps() -> Iterator[SamplerStep]:
+        z = noise
+        for i, z_next, u in flow_map_steps(velocity, noise, sigmas, T):
+            t, r = float(sigmas[i]), float(sigmas[i + 1])
+            yield SamplerStep(i, z_next, r / (1 - r), (z - t * u).to(z.dtype))  # x0 if u held down to t = 0
+            z = z_next
+
+    route = SamplingRoute(scheduler=swapped_scheduler(model, None))
+    return SamplingRun(steps(), request.steps, lambda step: step.x, route)
 
 
 class HandOver:

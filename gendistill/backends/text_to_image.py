@@ -50,6 +50,9 @@ class TextToImageModel:
     def __init__(self, pipe):
         self.pipe = pipe
         self.config = dict(pipe.scheduler.config)
+        self.interval_embedder = getattr(pipe, "interval_embedder", None)
+        """A MeanFlow student's (``backends/meanflow_pipeline.py``): its network then predicts average velocities
+        and ``generation`` samples it by its flow map; None for every other pipeline."""
         if getattr(pipe, "unet", None) is not None:
             self.family = "vp"
             self.alphas_cumprod = _alphas_cumprod(self.config)

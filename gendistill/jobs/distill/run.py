@@ -89,9 +89,8 @@ def run_distill(config: DistillConfig, out_dir: str | Path, resume: bool = False
     out_dir = prepare_out_dir(out_dir)
     if main:
         save_config(config, out_dir / "config.yaml")
-    teacher = TextToImageModel(load_pipeline(config.teacher, device=pick_device(config.device)))
-    if teacher.family != "vp":
-        raise UserError("step distillation needs a UNet teacher (Stable Diffusion 1.x/2.x/XL-style)")
+    teacher = TextToImageModel(load_pipeline(config.teacher, device=pick_device(config.device)))  # the recipe
+    # checks the teacher's family (UNet recipes: TeacherStudent; MeanFlow: a flow teacher)
     batches = make_batches(config, teacher)
     bound = config.recipe.build(teacher, lambda: batches(0, step_generator(config.trainer.seed, -1)))
     eval_fn = _eval_fn(config, teacher, bound, out_dir / "samples", main) if _evaluates(config) else None
