@@ -48,6 +48,20 @@ def make_batch(n: int, generator: torch.Generator, view_phrase_prob: float = 0.5
     gives the same batch, and the first k samples of a batch of n > k are the batch of k. ``distance`` moves
     the camera (None: the rig's 4.0; closer renders larger objects, e.g. a size slider's data).
     """
+    shape_ids, colour_ids, cameras, captions, scenes = _draw(n, generator, view_phrase_prob, size, distance)
+    out = render_batch(scenes, cameras, supersample=supersample)
+    return ShapeBatch(out.rgb, out.alpha, shape_ids, colour_ids, cameras, captions, scenes)
+
+
+def make_captions(n: int, generator: torch.Generator, view_phrase_prob: float = 0.5, *,
+                  distance: float | None = None) -> list[str]:
+    """The captions ``make_batch`` draws from the same generator state, rendering nothing (prompts-only data,
+    e.g. BOOT's data-free distillation); the generator advances exactly as it does there."""
+    return _draw(n, generator, view_phrase_prob, 64, distance)[3]
+
+
+def _draw(n: int, generator: torch.Generator, view_phrase_prob: float, size: int, distance: float | None):
+    """The random part of a batch: (shape ids, colour ids, cameras, captions, scenes)."""
     check_range("n", n, 1, None)
     check_range("view_phrase_prob", view_phrase_prob, 0.0, 1.0)
     u = torch.rand(n, 5, generator=generator, dtype=torch.float64)  # one row per sample: prefix-stable
@@ -57,8 +71,7 @@ def make_batch(n: int, generator: torch.Generator, view_phrase_prob: float = 0.5
     with_view = (u[:, 4] < view_phrase_prob).tolist()
     scenes = [scene_from_indices(s, c) for s, c in zip(shape_ids.tolist(), colour_ids.tolist())]
     captions = [caption(sc, cam if v else None) for sc, cam, v in zip(scenes, cameras, with_view)]
-    out = render_batch(scenes, cameras, supersample=supersample)
-    return ShapeBatch(out.rgb, out.alpha, shape_ids, colour_ids, cameras, captions, scenes)
+    return shape_ids, colour_ids, cameras, captions, scenes
 
 
 def split_generator(split: str, seed: int = 0) -> torch.Generator:

@@ -38,7 +38,8 @@ class CachedPromptEncoder:
 
 
 class ShapesBatches:
-    """``batch_fn`` for the trainer: random shapes captions, with renders encoded to latents if asked."""
+    """``batch_fn`` for the trainer: random shapes captions, with renders encoded to latents if asked (without
+    latents nothing is rendered: the captions alone are drawn, as ``make_batch`` draws them)."""
 
     def __init__(self, model: TextToImageModel, batch_size: int, with_latents: bool = True,
                  view_phrase_prob: float = 0.5, camera_distance: float | None = None):
@@ -48,15 +49,17 @@ class ShapesBatches:
 
     def __call__(self, step: int, generator: torch.Generator) -> DistillBatch:
         from gendistill.domains.shapes import make_batch
+        from gendistill.domains.shapes.dataset import make_captions
 
+        if not self.with_latents:  # prompts only: the same captions, no render
+            prompts = make_captions(self.batch_size, generator, self.view_phrase_prob, distance=self.camera_distance)
+            cond, uncond = self.encode(prompts)
+            return DistillBatch(prompts, cond, uncond, None)
         shapes = make_batch(self.batch_size, generator, view_phrase_prob=self.view_phrase_prob,
                             distance=self.camera_distance)
         cond, uncond = self.encode(list(shapes.captions))
-        latents = None
-        if self.with_latents:
-            images = F.interpolate(shapes.images, size=self.model.image_size(), mode="area")  # tiny test models
-            latents = self.model.encode_images(images, generator)
-        return DistillBatch(list(shapes.captions), cond, uncond, latents)
+        images = F.interpolate(shapes.images, size=self.model.image_size(), mode="area")  # tiny test models
+        return DistillBatch(list(shapes.captions), cond, uncond, self.model.encode_images(images, generator))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
