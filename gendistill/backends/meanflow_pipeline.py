@@ -5,8 +5,7 @@ its classes in ``model_index.json``, so stock diffusers loads the folder with
 
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 
-(add ``text_encoder_3=None, tokenizer_3=None`` when the folder was saved without T5) and
-``pipe(prompt, num_inference_steps=1)`` (or 2, 4, ...) samples. It therefore imports only torch and diffusers.
+(with or without T5 in the folder) and ``pipe(prompt, num_inference_steps=1)`` (or 2, 4, ...) samples. It therefore imports only torch and diffusers.
 
 The student predicts the average velocity ``u(z_t, r, t) = 1/(t - r) * integral_r^t v(z_s, s) ds`` of the flow
 ``z_t = (1 - t) x0 + t eps`` (Geng et al. 2025, "Mean Flows for One-step Generative Modeling", arXiv 2505.13447).
@@ -161,6 +160,8 @@ class MeanFlowStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     defaults to 1 (no CFG batch) and ``num_inference_steps`` to 1."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->interval_embedder->transformer->vae"
+    _optional_components = [*StableDiffusion3Pipeline._optional_components, "text_encoder_3", "tokenizer_3"]
+    """T5 is optional (diffusers' SD3 runs without it): a folder saved without it loads without naming it."""
 
     def __init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                  text_encoder_3, tokenizer_3, interval_embedder, image_encoder=None, feature_extractor=None):

@@ -45,8 +45,10 @@ def student_pipeline(teacher_pipe, student_unet: nn.Module, sampling: StudentSam
     scheduler)`` makes it instead when given (``BoundRecipe.pipeline_builder``)."""
     from gendistill.backends.loading import quiet_pipeline_notices
 
-    scheduler = student_scheduler(dict(teacher_pipe.scheduler.config), sampling)
-    with quiet_pipeline_notices():  # the safety checker we leave out on purpose; steps_offset, unused by trailing
+    # quiet: the safety checker we leave out on purpose; steps_offset, unused by trailing; a flow teacher's config
+    # keys, which DDIM/LCM ignore (MeanFlow's builder replaces that scheduler by a flow map's)
+    with quiet_pipeline_notices():
+        scheduler = student_scheduler(dict(teacher_pipe.scheduler.config), sampling)
         if builder is not None:
             return builder(teacher_pipe, student_unet, scheduler)
         return type(teacher_pipe)(**{**teacher_pipe.components, "unet": student_unet, "scheduler": scheduler})

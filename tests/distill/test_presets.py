@@ -7,21 +7,31 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from gendistill.config import load_config
+from gendistill.config import load_config, read_yaml
 from gendistill.jobs.distill.config import DistillConfig
 from gendistill.jobs.distill.run import run_distill
-from tiny_pipelines import make_tiny_teachers
+from tiny_pipelines import make_tiny_teachers, tiny_sd3_pipeline
 
 PRESETS = sorted((Path(__file__).parents[2] / "configs" / "distill").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
 def tiny_teachers(tmp_path_factory):
-    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
+    root = make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
+    tiny_sd3_pipeline(seed=0).save_pretrained(root / "sd3")  # for presets of flow-matching teachers
+    return root
+
+
+def tiny_teacher(preset: Path) -> str:
+    """The tiny teacher of the preset's teacher's classes: SD3 for flow teachers, else SDXL or SD."""
+    teacher = str(read_yaml(preset).get("teacher", ""))
+    if "flow-teacher" in teacher or "stable-diffusion-3" in teacher:
+        return "sd3"
+    return "sdxl" if preset.name.startswith("sdxl") else "sd"
 
 
 def tiny_overrides(preset: Path, root: Path) -> list[str]:
-    teacher = root / ("sdxl" if preset.name.startswith("sdxl") else "sd")
+    teacher = root / tiny_teacher(preset)
     return [f"teacher={teacher}", "trainer.steps=2", "trainer.checkpoint_every=1", "trainer.eval_every=0",
             "trainer.mixed_precision=no", "data.batch_size=2", f"data.prompts_file={root / 'prompts.txt'}",
             f"data.image_folder={root / 'images'}", "eval.during_training_samples=0", "eval.num_samples=2",
@@ -40,8 +50,9 @@ def test_preset_runs_two_steps_on_tiny_components(preset, tiny_teachers, tmp_pat
     result = run_distill(config, tmp_path, progress=False)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "curves.png").is_file()
     assert (tmp_path / "checkpoints" / "latest").is_file()
-    pipe = DiffusionPipeline.from_pretrained(result.pipeline, trust_remote_code=True)  # phased: pipeline.py
-    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    pipe = DiffusionPipeline.from_pretrained(result.pipeline, trust_remote_code=True)  # phased, meanflow: pipeline.py
+    network = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+    assert type(network).__name__ in ("UNet2DConditionModel", "SD3Transformer2DModel")
     card = (result.pipeline / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: diffusers") and "num_inference_steps=" in card
     assert (result.pipeline / "training_config.yaml").read_text() == (tmp_path / "config.yaml").read_text()
