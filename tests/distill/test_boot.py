@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from gendistill.config import from_dict, load_config
 from gendistill.diffusion.denoiser import TextCondition
 from gendistill.diffusion.gmm import GaussianMixture, GaussianMixtureDenoiser
-from gendistill.diffusion.samplers import ddim_step
+from gendistill.diffusion.samplers import (
+    ddim_step,
+    final_sample,
+    initial_scale,
+    sample_euler,
+)
 from gendistill.distill.boot import (
     BOOTConfig,
     BOOTRecipe,
@@ -254,6 +259,11 @@ def test_stock_diffusers_one_step_sample_equals_the_recipes(prediction, schedule
     own = bound.recipe.sample(eps, cond)
     assert torch.allclose(stock, own, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(own, eps, atol=1e-2)  # a real output, not the input passed through
+    student = TextToImageModel(pipe)  # gendistill's own DDIM on the exported folder: the same single step
+    plan = student.plan("ddim", 1)
+    assert plan.sigmas.tolist() == [float(bound.recipe.sigmas[-1]), 0.0] and plan.noise_scaling == "vp"
+    start = initial_scale(float(plan.sigmas[0]), plan.noise_scaling) * eps
+    assert torch.allclose(final_sample(sample_euler(student.denoiser(), start, plan.sigmas, cond)), own, atol=1e-5)
 
 
 # --- config -----------------------------------------------------------------------------------------
