@@ -35,8 +35,9 @@ guidance takes ``y_k`` to ``y_{k+1}``; and ``g(eps, tau_{k+1})`` is regressed on
     L = E [ || g(eps, tau_{k+1}, c) - SG(y_k + delta_k (D_cfg(y_k + sigma_k eps, sigma_k, c) - y_k)) ||^2 / delta_k^2 ].
 
 The division by ``delta_k^2`` is the paper's rescaling of the bootstrapping error by its SNR-dependent step
-length: the loss then compares the student's finite difference ``(g_{k+1} - g_k) / delta_k`` with the Signal-
-ODE's derivative ``D - y``, so long and short steps count alike (``weighting: boot``; ``uniform`` drops it).
+length (as we read its objective; no reference code was at hand to confirm the exact factor): the loss
+compares the student's finite difference ``(g_{k+1} - g_k) / delta_k`` with the Signal-ODE's derivative
+``D - y``, so long and short steps count alike (``weighting: boot``; ``uniform`` drops it).
 The stop-gradient target is the student itself, as in the paper: no EMA target network.
 
 **The boundary at t = T, and zero terminal SNR.** The paper ties ``g(eps, T)`` to the teacher's prediction from

@@ -31,7 +31,8 @@ class DataConfig:
     batch_size: int = 16
     """Prompts per micro-batch."""
     with_latents: bool = False
-    """Encode renders to real latents (recipes that use data: LCM, progressive, DMD2's GAN term)."""
+    """Encode renders to real latents (recipes that use data: LCM, progressive, DMD2's GAN term); false: the
+    batches carry prompts only and nothing is rendered (BOOT's data-free runs)."""
     view_phrase_prob: float = 0.5
     """Share of shapes captions that carry a view phrase ("..., front view")."""
     shapes_camera_distance: float | None = None
