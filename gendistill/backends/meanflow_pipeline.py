@@ -5,7 +5,8 @@ its classes in ``model_index.json``, so stock diffusers loads the folder with
 
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 
-(with or without T5 in the folder) and ``pipe(prompt, num_inference_steps=1)`` (or 2, 4, ...) samples. It therefore imports only torch and diffusers.
+(with or without T5 in the folder) and ``pipe(prompt, num_inference_steps=1)`` (or 2, 4, ...) samples. It
+therefore imports only torch and diffusers.
 
 The student predicts the average velocity ``u(z_t, r, t) = 1/(t - r) * integral_r^t v(z_s, s) ds`` of the flow
 ``z_t = (1 - t) x0 + t eps`` (Geng et al. 2025, "Mean Flows for One-step Generative Modeling", arXiv 2505.13447).

@@ -68,7 +68,7 @@ from gendistill.distill.dmd import randn
 from gendistill.distill.export import StudentSampling
 from gendistill.distill.models import DistillBatch
 from gendistill.distill.recipes import BoundRecipe
-from gendistill.errors import UserError, check_choice, check_range, key_path
+from gendistill.errors import UserError, check_choice, check_range, first_line, key_path
 from gendistill.recipe import Loss, Phase, Update
 
 
@@ -107,6 +107,9 @@ class MeanFlowConfig:
     """Sinusoidal features of h = t - r in the interval embedder."""
     embedder_hidden_dim: int = 256
     """Hidden width of the interval embedder's MLP."""
+    student_init: str | None = None
+    """A diffusers folder whose transformer (and interval embedder, for a MeanFlow export such as a stage-1 run's
+    pipeline/) the student starts from: stage 2 (bootstrap, or vanilla on data); None: the teacher's."""
 
     def check(self, path: str) -> None:
         """UserErrors naming the key for out-of-range or contradictory settings."""
@@ -179,7 +182,8 @@ def teacher_velocity(network: nn.Module, z: Tensor, t: Tensor, batch: DistillBat
     return v_uncond + scale * (v_cond - v_uncond)
 
 
-def sample_times(batch_size: int, config: MeanFlowConfig, shift: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def sample_times(batch_size: int, config: MeanFlowConfig, shift: float,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """``(t, r)``, (B,) each, float32 on the CPU: sorted shifted logit-normal pairs, r = t for a share
     ``1 - ratio_r_neq_t``."""
     normal = torch.randn((batch_size, 2), generator=generator, device=generator.device).cpu()
@@ -235,11 +239,16 @@ class MeanFlowRecipe:
         self.shift = float(model.config.get("shift", 1.0))
         self.time_shift = self.shift if config.time_shift is None else config.time_shift
         pooled_dim = self.teacher.config.pooled_projection_dim
-        embedder = IntervalEmbedder(pooled_dim, config.embedder_frequency_dim, config.embedder_hidden_dim)
+        with torch.random.fork_rng(devices=[]):  # the same first layer in every run, whatever the global RNG did
+            torch.manual_seed(0)
+            embedder = IntervalEmbedder(pooled_dim, config.embedder_frequency_dim, config.embedder_hidden_dim)
         embedder = embedder.to(self.teacher.device)
         if self.teacher.dtype != embedder.dtype:  # ModelMixin.to warns on any dtype argument
             embedder = embedder.to(dtype=self.teacher.dtype)
-        self.student = MeanFlowStudent(copy.deepcopy(self.teacher), embedder, self.T).train().requires_grad_(True)
+        self.student = MeanFlowStudent(copy.deepcopy(self.teacher), embedder, self.T)
+        if config.student_init is not None:
+            load_student_weights(self.student, config.student_init)
+        self.student.train().requires_grad_(True)
 
     # --- the Recipe protocol ----------------------------------------------------------------------
 
@@ -287,6 +296,30 @@ class MeanFlowRecipe:
         if source == "conditional":
             return eps - x0
         return self.student(z, t, t, batch.cond)
+
+
+def load_student_weights(student: MeanFlowStudent, folder: str) -> None:
+    """Copy the transformer of the diffusers folder ``folder`` into ``student`` and, when the folder is a MeanFlow
+    export, its interval embedder too (same architectures required)."""
+    from pathlib import Path
+
+    from diffusers import SD3Transformer2DModel
+    from safetensors.torch import load_file
+
+    from gendistill.shipped import resolve_model_name
+
+    root = Path(resolve_model_name(folder))
+    if not (root / "transformer").is_dir():
+        raise UserError(f"recipe.student_init {folder!r} is not a diffusers folder with a transformer/")
+    try:
+        student.transformer.load_state_dict(SD3Transformer2DModel.from_pretrained(root, subfolder="transformer")
+                                            .state_dict())
+        embedder = root / "interval_embedder" / "diffusion_pytorch_model.safetensors"
+        if embedder.is_file():
+            student.interval_embedder.load_state_dict(load_file(embedder))
+    except (RuntimeError, OSError, ValueError) as err:  # another architecture, or unreadable weights
+        raise UserError(f"recipe.student_init {folder!r} does not fit the student (teacher's transformer, "
+                        f"recipe.embedder_* sizes): {first_line(err)}") from None
 
 
 def meanflow_pipeline(teacher_pipe, student: MeanFlowStudent, scheduler=None) -> MeanFlowStableDiffusion3Pipeline:

@@ -249,13 +249,16 @@ def trained_student(tmp_path_factory):
     for i, colour in enumerate(["red", "blue"]):
         Image.new("RGB", (24, 20), colour).save(images / f"{i}.png")
         (images / f"{i}.txt").write_text(f"a {colour} square")
-    overrides = [f"teacher={root / 'teacher'}", "recipe.kind=meanflow", "recipe.ratio_r_neq_t=1.0",
-                 "recipe.embedder_frequency_dim=16", "recipe.embedder_hidden_dim=16", "trainer.steps=2",
-                 "trainer.checkpoint_every=1", "trainer.eval_every=0", "trainer.ema_decay=null",
-                 "trainer.optimizers={student: {lr: 1.0e-3}}", "data.source=images",
-                 f"data.image_folder={images}", "data.batch_size=2", "eval.during_training_samples=0"]
-    result = run_distill(load_config(DistillConfig, None, overrides), root / "run", progress=False)
+    result = run_distill(load_config(DistillConfig, None, _run_overrides(root, 2)), root / "run", progress=False)
     return result, root
+
+
+def _run_overrides(root, steps: int) -> list[str]:
+    return [f"teacher={root / 'teacher'}", "recipe.kind=meanflow", "recipe.ratio_r_neq_t=1.0",
+            "recipe.embedder_frequency_dim=16", "recipe.embedder_hidden_dim=16", f"trainer.steps={steps}",
+            "trainer.checkpoint_every=1", "trainer.eval_every=0", "trainer.ema_decay=0.5",
+            "trainer.optimizers={student: {lr: 1.0e-3}}", "data.source=images",
+            f"data.image_folder={root / 'images'}", "data.batch_size=2", "eval.during_training_samples=0"]
 
 
 def test_a_trained_student_exports_a_folder_stock_diffusers_samples_at_1_2_and_4_steps(trained_student):
@@ -293,8 +296,41 @@ def test_the_exported_pipeline_equals_gendistills_own_sampler_and_generate(train
         stock = pipe("a blue square", num_images_per_prompt=2, num_inference_steps=steps, latents=noise,
                      output_type="latent").images
         assert torch.equal(ours, stock), steps
-    request = GenerationRequest(prompt="a blue square", steps=2, guidance=0.0, seed=5, num_images=2)
-    generated = generate(model, request, progress=False)
-    stock = pipe("a blue square", num_images_per_prompt=2, num_inference_steps=2, output_type="latent",
-                 generator=torch.Generator().manual_seed(5)).images
-    assert torch.equal(generated.latents, stock) and generated.nfe == 2
+    for guidance, nfe in ((0.0, 2), (3.0, 4)):  # gendistill generate: same noise, CFG on u as the pipeline's
+        request = GenerationRequest(prompt="a blue square", steps=2, guidance=guidance, seed=5, num_images=2)
+        generated = generate(model, request, progress=False)
+        stock = pipe("a blue square", num_images_per_prompt=2, num_inference_steps=2, output_type="latent",
+                     guidance_scale=guidance, generator=torch.Generator().manual_seed(5)).images
+        assert torch.equal(generated.latents, stock) and generated.nfe == nfe
+
+
+def test_student_init_continues_from_an_exported_student(trained_student, tiny_flow_model):
+    """Stage 2 (bootstrap, or vanilla MeanFlow on data) starts from the stage-1 export: transformer and embedder."""
+    from diffusers import DiffusionPipeline
+
+    result, root = trained_student
+    pipe = DiffusionPipeline.from_pretrained(result.pipeline, trust_remote_code=True)
+    recipe = tiny_recipe(tiny_flow_model, bootstrap=True, guidance_scale=1.0, student_init=str(result.pipeline))
+    for ours, theirs in ((recipe.student.transformer, pipe.transformer),
+                         (recipe.student.interval_embedder, pipe.interval_embedder)):
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    with pytest.raises(UserError, match="recipe.student_init"):
+        MeanFlowRecipe(tiny_flow_model, MeanFlowConfig(student_init=str(result.pipeline)))  # 256-wide embedder
+    with pytest.raises(UserError, match="recipe.student_init"):
+        MeanFlowRecipe(tiny_flow_model, MeanFlowConfig(student_init=str(root / "images")))
+
+
+def test_a_resumed_run_ends_with_the_same_student(trained_student):
+    from safetensors.torch import load_file
+
+    from gendistill.jobs.distill.run import run_distill
+
+    _, root = trained_student  # its run stopped after step 2, as if killed there
+    straight = run_distill(load_config(DistillConfig, None, _run_overrides(root, 3)), root / "straight",
+                           progress=False)
+    resumed = run_distill(load_config(DistillConfig, None, _run_overrides(root, 3)), root / "run", resume=True,
+                          progress=False)
+    for part in ("transformer", "interval_embedder"):
+        a = load_file(straight.pipeline / part / "diffusion_pytorch_model.safetensors")
+        b = load_file(resumed.pipeline / part / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
