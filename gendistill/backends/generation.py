@@ -218,9 +218,10 @@ def _flow_map_run(model: TextToImageModel, request: GenerationRequest, base, cou
     noise, same arithmetic), with CFG on u when ``guidance > 1`` (as the pipeline's ``guidance_scale``)."""
     from gendistill.backends.meanflow_pipeline import flow_map_sigmas, flow_map_steps, interval_velocity
 
-    if base is not None or request.sampler != "auto" or request.scheduler is not None or request.karras:
+    if base is not None or request.sampler != "auto" or request.scheduler is not None or request.karras \
+            or request.eta > 0:
         raise UserError("a MeanFlow student samples by its own flow map: use --sampler auto, without --scheduler, "
-                        "--karras or --base-model")
+                        "--karras, --eta or --base-model")
     cond, uncond = _conditions(model, request)
     guided = request.guidance > 1
     both = uncond.cat(cond) if guided else cond

@@ -32,6 +32,12 @@ integral_r^t v(z_s, s) ds`` (r <= t), which satisfies the MeanFlow identity ``u 
   The reference code instead applies the weight to ``D^2`` (``w = 1 / (D^2 + c)^p``, ``loss = w D^2``); we follow
   the paper.
 
+What the reference does where it differs: MF-RAE trains in two post-training runs, each started from a
+"consistency mid-training" (CMT) checkpoint, not from the teacher: MFD (``train_mfd.py``: the teacher's velocity,
+as here) and MFT (``train_mft.py``: the one-point estimate ``eps - x0``, i.e. ``teacher_velocity: false``), both
+in fp32 with the central difference. CMT is not implemented here: the student starts from the teacher's weights
+(or ``student_init``, e.g. a stage-1 export, to run MFT-style or ``bootstrap`` on top of it).
+
 Two-time conditioning: the student is the stock ``SD3Transformer2DModel`` (a copy of the teacher's, fed t) plus an
 ``IntervalEmbedder`` of ``h = t - r`` added to ``pooled_projections`` (``backends/meanflow_pipeline.py``). SD3
 adds the pooled text embedding to its timestep embedding, so ``h`` reaches every block's modulation the way ``t``

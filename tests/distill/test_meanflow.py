@@ -334,3 +334,15 @@ def test_a_resumed_run_ends_with_the_same_student(trained_student):
         a = load_file(straight.pipeline / part / "diffusion_pytorch_model.safetensors")
         b = load_file(resumed.pipeline / part / "diffusion_pytorch_model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gendistill_generate_samples_the_exported_folder(trained_student, tmp_path, capsys):
+    from gendistill.cli import main
+
+    result, _ = trained_student
+    args = ["generate", "--model", str(result.pipeline), "--prompt", "a red square", "--steps", "4", "--guidance",
+            "0", "--num-images", "2", "--out", str(tmp_path / "grid.png")]
+    assert main(args) == 0 and (tmp_path / "grid.png").is_file()
+    assert "FlowMapEulerDiscreteScheduler, NFE 4 per image" in capsys.readouterr().out
+    assert main([*args[:-2], "--sampler", "euler", "--out", str(tmp_path / "x.png")]) == 2
+    assert "samples by its own flow map" in capsys.readouterr().err
