@@ -175,8 +175,8 @@ def _train_toy_mean_flow(with_jvp_term: bool, steps: int = 800) -> nn.Module:
         t, r = sample_times(256, config, 1.0, g)
         z = (1 - t)[:, None] * x0 + t[:, None] * torch.randn(256, 1, generator=g)
         v = _two_point_velocity(z, t)
-        u, dudt = mean_flow_jvp(lambda zz, tt: net(torch.cat([zz, tt[:, None], (tt - r)[:, None]], 1)), z, t, v,
-                                "autograd")
+        u, dudt = mean_flow_jvp(lambda zz, tt, r=r: net(torch.cat([zz, tt[:, None], (tt - r)[:, None]], 1)), z, t,
+                                v, "autograd")
         loss, _ = adaptive_loss(u - meanflow_target(v, dudt if with_jvp_term else 0 * dudt, t, r), 1.0, 1e-3)
         opt.zero_grad()
         loss.backward()
