@@ -18,7 +18,13 @@ from gendistill.jobs.distill.report import DistillReport
 
 RECIPE_NAMES = {"dmd2": "DMD2 (distribution matching with a trainable fake score)",
                 "lcm": "latent consistency distillation (LCM)",
-                "progressive": "progressive distillation (Salimans & Ho)"}
+                "progressive": "progressive distillation (Salimans & Ho)",
+                "finetune": "plain diffusion fine-tuning",
+                "flash_dmd": "Flash-DMD (timestep-aware DMD with a low-noise GAN term)",
+                "phased_dmd": "Phased DMD (one expert per SNR phase, score matching within subintervals)",
+                "boot": "BOOT (data-free bootstrapping along the teacher's ODE, prompts only)",
+                "meanflow": "MeanFlow distillation (average velocities u(z, r, t), any step count)",
+                "twinflow": "TwinFlow (self-adversarial twin trajectories, one network, no teacher)"}
 
 
 def write_model_card(pipeline: Path, config, card: StudentCard, report: DistillReport | None,
