@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import re
 import warnings
 from contextlib import contextmanager
@@ -53,7 +52,6 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | 
         raise UserError(f"could not load a diffusers pipeline from {model!r}: {first_line(err)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
 
 
 def dropped_components(source: str) -> dict[str, None]:
