@@ -85,9 +85,10 @@ def ships_our_pipeline(source: str) -> bool:
 
 @contextmanager
 def quiet_pipeline_notices():
-    """Silence two notices that building our pipelines always triggers and that say nothing to our users: the
-    disabled safety checker (we pass None on purpose) and ``steps_offset != 1`` (unused by the trailing
-    spacing every shipped scheduler has). Other warnings still show."""
+    """Silence notices that building and saving our pipelines always trigger and that say nothing to our users:
+    the disabled safety checker (we pass None on purpose), an absent component that "cannot be saved" (SD3
+    without T5) and ``steps_offset != 1`` (unused by the trailing spacing every shipped scheduler has). Other
+    warnings still show."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()

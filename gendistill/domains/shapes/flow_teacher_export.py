@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from gendistill.backends.loading import quiet_pipeline_notices
 from gendistill.config import to_dict
 from gendistill.domains.shapes.flow_teacher import FlowTeacherComponents, FlowTeacherConfig
 from gendistill.domains.shapes.teacher_export import (EvalReport, TrainingSummary, eval_table_lines,
@@ -22,7 +23,8 @@ def export_flow_pipeline(components: FlowTeacherComponents, directory: str | Pat
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    components.pipeline().save_pretrained(tmp, safe_serialization=True)
+    with quiet_pipeline_notices():  # diffusers notes that the absent T5 (None) "cannot be saved": it is absent
+        components.pipeline().save_pretrained(tmp, safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
         save_vocab_files(components.tokenizer, tmp / name)
     if directory.exists():
