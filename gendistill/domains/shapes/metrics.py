@@ -98,7 +98,7 @@ def frechet_distance_from_stats(a: GaussianStats, b: GaussianStats) -> float:
     mu_a, mu_b = a.mean.double(), b.mean.double()
     cov_a, cov_b = _symmetric(a.cov.double()), _symmetric(b.cov.double())
     sqrt_a = _psd_sqrt(cov_a)
-    cross = torch.linalg.eigvalsh(_symmetric(sqrt_a @ cov_b @ sqrt_a)).clamp_min(0).sqrt().sum()
+    cross = _without_roundoff(torch.linalg.eigvalsh(_symmetric(sqrt_a @ cov_b @ sqrt_a))).sqrt().sum()
     dist = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
     return max(dist.item(), 0.0)
 
@@ -114,7 +114,17 @@ def _symmetric(m: Tensor) -> Tensor:
 
 def _psd_sqrt(m: Tensor) -> Tensor:
     evals, evecs = torch.linalg.eigh(m)
-    return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
+    return (evecs * _without_roundoff(evals).sqrt()) @ evecs.T
+
+
+def _without_roundoff(evals: Tensor) -> Tensor:
+    """Eigenvalues of a PSD matrix with those below the eigensolver's round-off set to zero.
+
+    A zero eigenvalue comes back as +-1e-16 or so; its square root (1e-8) would otherwise bias the trace term
+    by about 1e-8 per null direction, and by a different amount depending on the argument order.
+    """
+    floor = evals.abs().max() * evals.numel() * torch.finfo(evals.dtype).eps
+    return torch.where(evals > floor, evals, torch.zeros_like(evals))
 
 
 # ----------------------------------------------------------------------------- diversity
