@@ -23,9 +23,14 @@ paper's negative half log-SNR), in which eps appears only inside the teacher's i
 the paper's discrete step with ``delta = 1 - exp(lambda_s - lambda_t)`` (``signal_ddim_step``).
 
 **The student** ``g(eps, t, c)`` is a copy of the teacher's UNet (initialised from it), fed the pure noise eps
-(VP units) at timestep ``t`` and read through the teacher's prediction type as x0: in canonical units
-``g(eps, t) = D_student(sqrt(1 + sigma_t^2) eps, sigma_t, c)`` (``student_signal``). At initialisation
-``g(eps, T)`` is the teacher's own prediction from pure noise, the paper's boundary value.
+(VP units) at timestep ``t``; its output *is* the signal (``student_prediction: sample``, the default; in
+canonical units ``g(eps, t) = D_student(sqrt(1 + sigma_t^2) eps, sigma_t, c)``, ``student_signal``). Reading it
+through the teacher's prediction type instead (``student_prediction: teacher``) cannot reach the end of the
+grid: at timestep 0 (sigma 0.03) an epsilon or v output enters x0 multiplied by sigma, so mapping noise to an
+image needs outputs 30x the usual scale; measured on the shapes teacher, such a student matched the teacher's
+signal trajectory to 10% from timestep 959 to 120 but stayed noise at timestep 0 (prompt accuracy 0.08). For a
+v-prediction teacher the copy's output layer is negated: at zero terminal SNR the teacher's x0 from pure noise is
+exactly ``-v``, so the initial student meets the paper's boundary condition ``g(eps, T) = f(eps, T)``.
 
 **The loss.** A grid of ``N = bootstrap_steps`` steps, ``tau_0 = T - 1 > tau_1 > ... > tau_N = 0`` (evenly spaced
 integer timesteps). Per sample, ``k`` is uniform in ``0..N-1``; ``y_k`` is the stop-gradient student
@@ -76,6 +81,7 @@ from torch import Tensor, nn
 
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import check_config
+from gendistill.diffusion.adapters import VPDenoiser
 from gendistill.diffusion.denoiser import Denoiser, TextCondition, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.distill.dmd import randn
@@ -87,6 +93,8 @@ from gendistill.recipe import Loss, Phase, Update
 
 Weighting = Literal["boot", "uniform"]
 WEIGHTINGS = ("boot", "uniform")
+StudentPrediction = Literal["sample", "teacher"]
+STUDENT_PREDICTIONS = ("sample", "teacher")
 
 
 @dataclass
@@ -101,18 +109,24 @@ class BOOTConfig:
     """N, the teacher DDIM steps of the grid from timestep T - 1 down to 0; each loss term bootstraps one of them."""
     weighting: Weighting = "boot"
     """boot: each step's squared error divided by delta^2, delta = 1 - sigma_s / sigma_t (the paper's); uniform: not."""
+    student_prediction: StudentPrediction = "sample"
+    """sample: the student's network outputs the signal itself; teacher: it is read through the teacher's
+    prediction type (epsilon / v), which cannot express an image from noise near timestep 0 (module docstring)."""
 
     def check(self, path: str) -> None:
         """UserErrors naming the key (the grid's upper bound depends on the teacher: checked by the recipe)."""
         check_range(key_path(path, "guidance_scale"), self.guidance_scale, 0.0)
         check_range(key_path(path, "bootstrap_steps"), self.bootstrap_steps, 1)
         check_choice(key_path(path, "weighting"), self.weighting, WEIGHTINGS)
+        check_choice(key_path(path, "student_prediction"), self.student_prediction, STUDENT_PREDICTIONS)
 
     def build(self, model: TextToImageModel, first_batch: Callable[[], DistillBatch] | None = None) -> BoundRecipe:
         """The BOOT recipe on ``model``; its student exports for one linspace DDIM step (``boot_pipeline``)."""
         recipe = BOOTRecipe(model, self)
+        prediction = recipe.student_prediction_type
         return BoundRecipe(recipe, recipe.models.student_unet, StudentSampling("ddim"), 1, 1, 0.0,
-                           pipeline_builder=boot_pipeline)
+                           pipeline_builder=lambda pipe, unet, scheduler: boot_pipeline(pipe, unet, scheduler,
+                                                                                        prediction))
 
 
 # --- the math, in canonical units ---------------------------------------------------------------
@@ -171,21 +185,30 @@ def bootstrap_timesteps(num_train_timesteps: int, steps: int, path: str = "recip
 # --- export -------------------------------------------------------------------------------------
 
 
-def boot_scheduler(teacher_scheduler_config: dict):
+def boot_scheduler(teacher_scheduler_config: dict, prediction_type: str):
     """The teacher's noise schedule in a DDIMScheduler whose one step visits timestep 0 and lands on alpha-bar 1,
-    returning the UNet's x0 there: ``g(eps, 0)`` (steps_offset is unused by linspace spacing; 1 keeps the SD
-    pipelines from rewriting it)."""
+    returning the UNet's x0 there (read through ``prediction_type``): ``g(eps, 0)`` (steps_offset is unused by
+    linspace spacing; 1 keeps the SD pipelines from rewriting it)."""
     from diffusers import DDIMScheduler
 
     base = {k: v for k, v in dict(teacher_scheduler_config).items() if not k.startswith("_")}
     return DDIMScheduler.from_config(base, timestep_spacing="linspace", set_alpha_to_one=True, clip_sample=False,
-                                     thresholding=False, steps_offset=1)
+                                     thresholding=False, steps_offset=1, prediction_type=prediction_type)
 
 
-def boot_pipeline(teacher_pipe, student_unet: nn.Module, scheduler):
+def boot_pipeline(teacher_pipe, student_unet: nn.Module, scheduler, prediction_type: str):
     """``BoundRecipe.pipeline_builder``: the teacher's pipeline class with the student UNet and ``boot_scheduler``."""
     return type(teacher_pipe)(**{**teacher_pipe.components, "unet": student_unet,
-                                 "scheduler": boot_scheduler(scheduler.config)})
+                                 "scheduler": boot_scheduler(scheduler.config, prediction_type)})
+
+
+def negate_output_layer(unet: nn.Module) -> None:
+    """Negate a UNet's output (its ``conv_out``): a v-prediction copy then outputs ``-v``, which is x0 where
+    alpha is 0 (v = alpha eps - sigma_vp x0)."""
+    with torch.no_grad():
+        unet.conv_out.weight.neg_()
+        if unet.conv_out.bias is not None:
+            unet.conv_out.bias.neg_()
 
 
 # --- the recipe ---------------------------------------------------------------------------------
@@ -201,7 +224,13 @@ class BOOTRecipe:
         self.timesteps = bootstrap_timesteps(model.num_train_timesteps, config.bootstrap_steps)
         self.sigmas = model.train_sigmas[torch.from_numpy(self.timesteps)]
         self.teacher: Denoiser = self.models.teacher()
-        self.student: Denoiser = self.models.student()
+        self.student_prediction_type = model.prediction_type
+        if config.student_prediction == "sample":
+            self.student_prediction_type = "sample"
+            if model.prediction_type == "v_prediction":
+                negate_output_layer(self.models.student_unet)
+        self.student: Denoiser = VPDenoiser(self.models.student_unet, model.alphas_cumprod,
+                                            self.student_prediction_type)
 
     # --- the protocol --------------------------------------------------------------------------------
 

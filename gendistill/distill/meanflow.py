@@ -17,7 +17,10 @@ integral_r^t v(z_s, s) ds`` (r <= t), which satisfies the MeanFlow identity ``u 
   the samples ``r = t`` (the paper's best: 25 % of samples with r != t, logit-normal(-0.4, 1));
 - ``v``: the teacher's velocity at ``(z_t, t)`` with classifier-free guidance ``guidance_scale`` (the reference
   uses the teacher's conditional velocity, i.e. scale 1); ``teacher_velocity: false`` is vanilla MeanFlow, the
-  conditional velocity ``eps - x0`` (no teacher); ``bootstrap: true`` is the student's own one-point estimate
+  conditional velocity ``eps - x0`` (no teacher), with the MeanFlow paper's guidance when ``guidance_scale`` w is
+  not 1 (its Sec. 4.2, mixing scale kappa = 0): ``v = w (eps - x0) + (1 - w) stopgrad u(z_t, t, t | empty)``,
+  the unconditional u learnt from a share ``cond_dropout`` of samples trained with the empty prompt on the plain
+  ``eps - x0`` (the paper's 10 %); ``bootstrap: true`` is the student's own one-point estimate
   ``stopgrad u(z_t, t, t)`` (no teacher);
 - ``du/dt`` is the JVP of ``u_theta`` at ``(z_t, r, t)`` along ``(v, 0, 1)``: ``jvp: autograd`` uses
   ``torch.func.jvp`` (exact, forward-mode through every op; attention runs on PyTorch's math kernel, the fused ones
@@ -54,7 +57,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -87,7 +90,10 @@ class MeanFlowConfig:
     guidance_scale: float = 2.0
     """CFG scale of the teacher's velocity (1: its conditional velocity, one forward); the student learns it."""
     teacher_velocity: bool = True
-    """false: vanilla MeanFlow on the data, v = eps - x0 (no teacher; guidance_scale must then be 1)."""
+    """false: vanilla MeanFlow on the data, v = eps - x0 (no teacher), guided by the student's own unconditional
+    u(z_t, t, t) when guidance_scale is not 1 (the MeanFlow paper's CFG)."""
+    cond_dropout: float = 0.1
+    """Vanilla MeanFlow with guidance: share of samples trained with the empty prompt on eps - x0."""
     bootstrap: bool = False
     """true: v is the student's own stopgrad u(z_t, t, t) (one-point estimate, no teacher)."""
     jvp: Literal["autograd", "finite_difference"] = "autograd"
@@ -123,6 +129,7 @@ class MeanFlowConfig:
         check_choice(key_path(path, "jvp"), self.jvp, ("autograd", "finite_difference"))
         check_range(key_path(path, "fd_step"), self.fd_step, 1e-6, 0.1)
         check_range(key_path(path, "ratio_r_neq_t"), self.ratio_r_neq_t, 0.0, 1.0)
+        check_range(key_path(path, "cond_dropout"), self.cond_dropout, 0.0, 1.0)
         check_range(key_path(path, "time_std"), self.time_std, 1e-3)
         if self.time_shift is not None:
             check_range(key_path(path, "time_shift"), self.time_shift, 1e-3)
@@ -134,10 +141,9 @@ class MeanFlowConfig:
         if self.embedder_frequency_dim % 2:
             raise UserError(f"{key_path(path, 'embedder_frequency_dim')} must be even, got "
                             f"{self.embedder_frequency_dim}")
-        if self.guidance_scale != 1 and self.velocity_source != "teacher":
-            raise UserError(f"{key_path(path, 'guidance_scale')} guides the teacher's velocity; with "
-                            f"{'bootstrap' if self.bootstrap else 'teacher_velocity false'} there is none: set it "
-                            f"to 1, got {self.guidance_scale}")
+        if self.guidance_scale != 1 and self.velocity_source == "student":
+            raise UserError(f"{key_path(path, 'guidance_scale')} guides the teacher's or the data's velocity; "
+                            f"with bootstrap there is neither: set it to 1, got {self.guidance_scale}")
         if self.bootstrap and not self.teacher_velocity:
             raise UserError(f"{key_path(path, 'bootstrap')} replaces the teacher's velocity by the student's; "
                             "leave teacher_velocity true (false is vanilla MeanFlow, a third choice)")
@@ -281,7 +287,8 @@ class MeanFlowRecipe:
         t, r = t.to(x0.device), r.to(x0.device)
         eps = randn(x0.shape, generator, x0.device)
         z = (1 - t).view(-1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1) * eps
-        v = self.velocity(z, t, x0, eps, batch)
+        batch, dropped = self.drop_captions(batch, generator)
+        v = self.velocity(z, t, x0, eps, batch, dropped)
 
         def student(zz: Tensor, tt: Tensor) -> Tensor:  # the finite difference evaluates two copies at once
             n = zz.shape[0] // r.shape[0]
@@ -294,14 +301,30 @@ class MeanFlowRecipe:
                             "weight": w.mean().item(), "r_neq_t": (r < t).float().mean().item()})
 
     @torch.no_grad()
-    def velocity(self, z: Tensor, t: Tensor, x0: Tensor, eps: Tensor, batch: DistillBatch) -> Tensor:
-        """v at (z_t, t): the guided teacher's, the conditional ``eps - x0``, or the student's u(z_t, t, t)."""
-        source = self.config.velocity_source
+    def velocity(self, z: Tensor, t: Tensor, x0: Tensor, eps: Tensor, batch: DistillBatch,
+                 dropped: Tensor | None = None) -> Tensor:
+        """v at (z_t, t): the guided teacher's, the conditional ``eps - x0`` (guided by the student's unconditional
+        u(z_t, t, t) except on the ``dropped`` rows), or the student's u(z_t, t, t)."""
+        source, w = self.config.velocity_source, self.config.guidance_scale
         if source == "teacher":
-            return teacher_velocity(self.teacher, z, t, batch, self.config.guidance_scale, self.T)
-        if source == "conditional":
-            return eps - x0
-        return self.student(z, t, t, batch.cond)
+            return teacher_velocity(self.teacher, z, t, batch, w, self.T)
+        if source == "student":
+            return self.student(z, t, t, batch.cond)
+        v = eps - x0
+        if dropped is None:
+            return v
+        guided = w * v + (1 - w) * self.student(z, t, t, batch.uncond)
+        return torch.where(dropped.to(v.device).view(-1, 1, 1, 1), v, guided)
+
+    def drop_captions(self, batch: DistillBatch, generator: torch.Generator) -> tuple[DistillBatch, Tensor | None]:
+        """Guided vanilla MeanFlow: a share ``cond_dropout`` of the rows get the empty prompt (the mask is returned);
+        otherwise the batch unchanged and None."""
+        if self.config.velocity_source != "conditional" or self.config.guidance_scale == 1:
+            return batch, None
+        dropped = torch.rand(batch.size, generator=generator) < self.config.cond_dropout
+        rows = torch.arange(batch.size) + batch.size * dropped.long()
+        both = batch.cond.cat(batch.uncond)
+        return replace(batch, cond=both.take(rows.to(both.embeds.device))), dropped
 
 
 def load_student_weights(student: MeanFlowStudent, folder: str) -> None:

@@ -26,6 +26,7 @@ from gendistill.distill.boot import (
     signal_ddim_step,
     signal_of,
     state_of,
+    student_signal,
 )
 from gendistill.distill.models import DistillBatch
 from gendistill.errors import UserError
@@ -231,6 +232,28 @@ def test_a_batch_with_latents_is_refused():
         recipe.loss(batch, "student", 0, torch.Generator())
 
 
+# --- the student's parametrisation ---------------------------------------------------------------------
+
+
+def test_a_signal_student_of_a_zero_snr_v_teacher_starts_on_the_boundary_condition():
+    """student_prediction sample, v teacher: the copy with its output layer negated returns, from pure noise at
+    the top of the grid, the teacher's x0 (g(eps, T) = f(eps, T)) up to alpha_T = 2^-12 (measured 8e-4), as the
+    unchanged copy read as v does trivially."""
+    from gendistill.backends.text_to_image import TextToImageModel
+
+    model = TextToImageModel(tiny_sd_pipeline(seed=2, scheduler=ZERO_SNR, prediction_type="v_prediction"))
+    eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    cond, _ = model.encode_batch(["a red cube", "a blue sphere"])
+    with torch.no_grad():
+        for prediction, reading in (("sample", "sample"), ("teacher", "v_prediction")):
+            recipe = BOOTConfig(bootstrap_steps=10, student_prediction=prediction).build(model).recipe
+            top = recipe.sigmas[:1].expand(2).float()
+            teacher = recipe.teacher((1 + top.reshape(-1, 1, 1, 1) ** 2).sqrt() * eps, top, cond)
+            student = student_signal(recipe.student, eps, top, cond)
+            assert recipe.student_prediction_type == reading
+            assert torch.allclose(student, teacher, atol=2e-3) and teacher.abs().max() > 0.5
+
+
 # --- export -----------------------------------------------------------------------------------------
 
 
@@ -274,6 +297,7 @@ def test_stock_diffusers_one_step_sample_equals_the_recipes(prediction, schedule
     ({"weighting": "snr"}, "recipe.weighting must be one of 'boot', 'uniform', got 'snr'"),
     ({"guidance_scale": -1}, "recipe.guidance_scale must be >= 0, got -1"),
     ({"bootstrap_step": 3}, "unknown config key 'recipe.bootstrap_step'"),
+    ({"student_prediction": "epsilon"}, "recipe.student_prediction must be one of 'sample', 'teacher', got 'epsilon'"),
 ])
 def test_bad_config_is_a_user_error_naming_the_key(recipe, message):
     with pytest.raises(UserError) as err:

@@ -233,8 +233,30 @@ def test_with_r_equal_t_the_untrained_students_loss_is_zero_and_guidance_makes_i
     assert loss.terms["mse"] > 1e-6 and loss.terms["r_neq_t"] == 0.0
 
 
+def test_guided_vanilla_meanflow_mixes_the_data_velocity_with_the_students_unconditional_one(tiny_flow_model):
+    """The MeanFlow paper's CFG without a teacher: v = w (eps - x0) + (1 - w) u(z_t, t, t | empty) on kept rows,
+    plain eps - x0 on the rows whose prompt was dropped (and those rows train on the empty prompt)."""
+    recipe = tiny_recipe(tiny_flow_model, teacher_velocity=False, guidance_scale=3.0, cond_dropout=0.5)
+    batch = batch_of(tiny_flow_model, ["a red cube", "a blue cone", "a green torus", "a cyan sphere"] * 2)
+    dropped_batch, dropped = recipe.drop_captions(batch, torch.Generator().manual_seed(3))
+    assert 0 < dropped.sum() < len(dropped)
+    for i, d in enumerate(dropped.tolist()):
+        want = batch.uncond if d else batch.cond
+        assert torch.equal(dropped_batch.cond.embeds[i], want.embeds[i])
+    x0, eps, z = (torch.randn(8, 4, 8, 8) for _ in range(3))
+    t = torch.rand(8)
+    v = recipe.velocity(z, t, x0, eps, dropped_batch, dropped)
+    with torch.no_grad():
+        u_uncond = recipe.student(z, t, t, batch.uncond)
+    want = torch.where(dropped.view(-1, 1, 1, 1), eps - x0, 3.0 * (eps - x0) - 2.0 * u_uncond)
+    assert torch.allclose(v, want, atol=1e-6)
+    unguided = tiny_recipe(tiny_flow_model, teacher_velocity=False, guidance_scale=1.0)
+    assert unguided.drop_captions(batch, torch.Generator())[1] is None
+
+
 @pytest.mark.parametrize("overrides", [{"jvp": "finite_difference"},
                                        {"teacher_velocity": False, "guidance_scale": 1.0},
+                                       {"teacher_velocity": False, "guidance_scale": 2.0},
                                        {"bootstrap": True, "guidance_scale": 1.0}])
 def test_every_variant_gives_a_finite_loss_with_gradients(tiny_flow_model, overrides):
     recipe = tiny_recipe(tiny_flow_model, ratio_r_neq_t=1.0, **overrides)
@@ -255,7 +277,7 @@ def test_every_variant_gives_a_finite_loss_with_gradients(tiny_flow_model, overr
     ("recipe.adaptive_p=-1", "recipe.adaptive_p"),
     ("recipe.time_std=0", "recipe.time_std"),
     ("recipe.embedder_frequency_dim=15", "recipe.embedder_frequency_dim"),
-    ("recipe.teacher_velocity=false", "recipe.guidance_scale"),
+    ("recipe.cond_dropout=1.5", "recipe.cond_dropout"),
     ("recipe.bootstrap=true", "recipe.guidance_scale"),
 ])
 def test_bad_values_name_the_key(override, key):
