@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "head_to_head.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| model | steps | guidance | NFE | prompt acc | FID | diversity | ms/image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | steps | guidance | NFE | prompt acc | FID | diversity | ms/image |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [row_line(r) for r in rows]
     (out / "head_to_head.md").write_text(f"{args.num_samples} images a row, one run.\n\n" + "\n".join(lines) + "\n")
     return 0
