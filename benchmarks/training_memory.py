@@ -6,8 +6,9 @@ Each preset is built as ``gendistill distill`` builds it (its teacher, recipe, t
 ONE step (so the optimizers hold their state); then every tensor the run holds for training is counted once:
 the recipe's modules (parameters and buffers, the frozen teacher included), the optimizers' state and the EMA.
 The figure to read is the ratio to the teacher network's own parameter bytes, which makes recipes on teachers
-of different sizes comparable (DMD2 distils the UNet teacher; TwinFlow and MeanFlow the flow teacher). Writes
-training_memory.json and training_memory.md.
+of different sizes comparable (DMD2 distils the UNet teacher; TwinFlow and MeanFlow the flow teacher); "without
+EMA" is parameters plus optimizer state alone, and the last column divides each row's ratios by the first's.
+Writes training_memory.json and training_memory.md.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def measure(preset: str) -> dict:
     return {"preset": preset, "recipe": config.recipe.KIND, "teacher": config.teacher,
             "teacher_network_mb": network_bytes / 2**20, **{f"{k}_mb": v / 2**20 for k, v in held.items()},
             "total_mb": total / 2**20, "x_network": total / network_bytes,
+            "x_network_without_ema": (held["modules"] + held["optimizer"]) / network_bytes,
             "networks_held": sorted(trainer.modules)}
 
 
@@ -79,11 +81,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "training_memory.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| preset | recipe | modules held | modules MB | optimizer MB | EMA MB | total MB | x teacher network |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| preset | recipe | modules held | modules MB | optimizer MB | EMA MB | total MB | x teacher network "
+             "| without EMA | vs the first row (with EMA / without) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    first = rows[0]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['recipe']} | {', '.join(r['networks_held'])} | {r['modules_mb']:.1f} | "
-                     f"{r['optimizer_mb']:.1f} | {r['ema_mb']:.1f} | {r['total_mb']:.1f} | {r['x_network']:.2f} |")
+                     f"{r['optimizer_mb']:.1f} | {r['ema_mb']:.1f} | {r['total_mb']:.1f} | {r['x_network']:.2f} | "
+                     f"{r['x_network_without_ema']:.2f} | {r['x_network'] / first['x_network']:.2f} / "
+                     f"{r['x_network_without_ema'] / first['x_network_without_ema']:.2f} |")
     text = "\n".join(lines) + "\n"
     (out / "training_memory.md").write_text(text)
     print(text)
