@@ -53,14 +53,18 @@ def _usage(pipeline: Path, card: StudentCard) -> str:
     note = ("guidance is distilled in as a w-embedding; `guidance_scale` picks the embedded scale at no extra "
             "network call" if card.recipe == "lcm" and guidance > 0 else
             "guidance is distilled in: sample with `guidance_scale=0`")
-    return (f"# gendistill {card.recipe} student, {card.steps} steps\n\n"
+    return (f"# gendistill {card.recipe} student, {_count(card.steps, 'step')}\n\n"
             f"A {card.steps}-step student of `{card.teacher}`, made by {name}. Stock diffusers samples it "
             f"({note}):\n\n```python\nfrom diffusers import DiffusionPipeline\n"
             f"pipe = DiffusionPipeline.from_pretrained(\"{pipeline}\", safety_checker=None{_trust(pipeline)})\n"
             f"image = pipe(\"a red cube, front view\", num_inference_steps={card.steps}, "
             f"guidance_scale={guidance:g}).images[0]\n```\n\n"
-            f"It takes up to {card.max_steps} steps; `gendistill generate --model {pipeline}` gives the same "
+            f"It takes up to {_count(card.max_steps, 'step')}; `gendistill generate --model {pipeline}` gives the same "
             f"images for the same seed.")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _trust(pipeline: Path) -> str:
