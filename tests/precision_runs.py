@@ -12,6 +12,7 @@ import torch
 
 from gendistill.config import load_config
 from precision_spy import TrainerSpy
+from tiny_pipelines import tiny_teacher_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "distill").glob("*.yaml"))
@@ -42,8 +43,8 @@ def gsplat_kernels_missing() -> str | None:
 
 
 def teacher_dir(preset: Path, root: Path) -> Path:
-    """The tiny teacher a preset distils (SDXL presets get the SDXL one)."""
-    return root / ("sdxl" if preset.name.startswith("sdxl") else "sd")
+    """The tiny teacher of ``make_tiny_teachers`` that a preset distils (SDXL, SD3 or SD)."""
+    return root / tiny_teacher_kind(preset)
 
 
 def distill(preset: Path, precision: str, device: str, root: Path, out: Path, monkeypatch, *extra: str):
@@ -59,6 +60,8 @@ def distill(preset: Path, precision: str, device: str, root: Path, out: Path, mo
         config.recipe.steps_per_stage = 1
     if getattr(config.recipe, "regression_pairs", 0):
         config.recipe.regression_pairs = 2
+    if getattr(config.recipe, "student_init", None):  # a shipped student: the tiny teacher stands in for it
+        config.recipe.student_init = config.teacher
     spy = TrainerSpy(job.Trainer).install(monkeypatch, job)
     return job.run_distill(config, out, progress=False), spy
 
@@ -82,8 +85,9 @@ def assert_samples(pipeline: Path, device: str, dtype: torch.dtype) -> None:
     """The folder loads in stock diffusers and samples finite images in ``dtype`` on ``device``."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(pipeline, torch_dtype=dtype).to(device)
-    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    pipe = DiffusionPipeline.from_pretrained(pipeline, torch_dtype=dtype, trust_remote_code=True).to(device)
+    network = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet  # flow-map students: pipeline.py
+    assert type(network).__name__ in ("UNet2DConditionModel", "SD3Transformer2DModel")
     pipe.set_progress_bar_config(disable=True)
     images = pipe("a red cube", num_inference_steps=1, guidance_scale=1.0, output_type="np",
                   generator=torch.Generator(device).manual_seed(0)).images

@@ -133,9 +133,11 @@ def unet_model(unet, prediction_type: str = "epsilon", **scheduler):
 
 
 def make_tiny_teachers(root: Path) -> Path:
-    """Tiny SD and SDXL pipelines, a prompt list and a captioned image folder (every preset's data) in root."""
+    """Tiny SD, SDXL and SD3 pipelines, a prompt list and a captioned image folder (every preset's data) in
+    root; ``tiny_teacher_kind`` names the one that stands in for a preset's teacher."""
     tiny_sd_pipeline(root / "sd", seed=0)
     tiny_sdxl_pipeline(root / "sdxl", seed=0)
+    tiny_sd3_pipeline(seed=0).save_pretrained(root / "sd3")
     (root / "prompts.txt").write_text("a red cube\na blue sphere\n")
     images = root / "images"
     images.mkdir()
@@ -145,3 +147,23 @@ def make_tiny_teachers(root: Path) -> Path:
         Image.new("RGB", (40, 30), colour).save(images / f"{i}.png")
         (images / f"{i}.txt").write_text(f"a {colour} square")
     return root
+
+
+def tiny_teacher_kind(preset: Path) -> str:
+    """The folder of ``make_tiny_teachers`` of the preset's teacher's classes: sd3 for flow teachers, else sdxl
+    (an SDXL preset) or sd."""
+    import yaml
+
+    teacher = str((yaml.safe_load(Path(preset).read_text()) or {}).get("teacher", ""))
+    if "flow-teacher" in teacher or "stable-diffusion-3" in teacher:
+        return "sd3"
+    return "sdxl" if Path(preset).name.startswith("sdxl") else "sd"
+
+
+def network_file(folder: Path) -> Path:
+    """The denoising network's weights in a pipeline folder: the UNet's, or an SD3-style transformer's."""
+    for name in ("unet", "transformer"):
+        path = Path(folder) / name / "diffusion_pytorch_model.safetensors"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no unet/ or transformer/ weights in {folder}")

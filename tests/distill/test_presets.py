@@ -7,31 +7,21 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from gendistill.config import load_config, read_yaml
+from gendistill.config import load_config
 from gendistill.jobs.distill.config import DistillConfig
 from gendistill.jobs.distill.run import run_distill
-from tiny_pipelines import make_tiny_teachers, tiny_sd3_pipeline
+from tiny_pipelines import make_tiny_teachers, tiny_teacher_kind
 
 PRESETS = sorted((Path(__file__).parents[2] / "configs" / "distill").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
 def tiny_teachers(tmp_path_factory):
-    root = make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
-    tiny_sd3_pipeline(seed=0).save_pretrained(root / "sd3")  # for presets of flow-matching teachers
-    return root
-
-
-def tiny_teacher(preset: Path) -> str:
-    """The tiny teacher of the preset's teacher's classes: SD3 for flow teachers, else SDXL or SD."""
-    teacher = str(read_yaml(preset).get("teacher", ""))
-    if "flow-teacher" in teacher or "stable-diffusion-3" in teacher:
-        return "sd3"
-    return "sdxl" if preset.name.startswith("sdxl") else "sd"
+    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 def tiny_overrides(preset: Path, root: Path) -> list[str]:
-    teacher = root / tiny_teacher(preset)
+    teacher = root / tiny_teacher_kind(preset)
     return [f"teacher={teacher}", "trainer.steps=2", "trainer.checkpoint_every=1", "trainer.eval_every=0",
             "trainer.mixed_precision=no", "data.batch_size=2", f"data.prompts_file={root / 'prompts.txt'}",
             f"data.image_folder={root / 'images'}", "eval.during_training_samples=0", "eval.num_samples=2",

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from gendistill.config import load_config
-from precision_runs import (PRESETS, ROOT, STEPS, UNET_FILE, assert_samples, assert_scene_written, distill,
+from precision_runs import (PRESETS, ROOT, STEPS, assert_samples, assert_scene_written, distill,
                             gsplat_kernels_missing, teacher_dir, text_to_3d)
 from precision_spy import (DTYPES, TrainerSpy, assert_trained, differing_tensors, fresh_accelerate_state,
                            non_finite_terms)
-from tiny_pipelines import make_tiny_teachers
+from tiny_pipelines import make_tiny_teachers, network_file
 
 pytestmark = pytest.mark.gpu
 PRECISIONS = ("fp16", "bf16")
@@ -49,7 +49,7 @@ def tiny_teachers(tmp_path_factory):
 def test_distill_preset_trains_in_half_precision_on_cuda(preset, precision, tiny_teachers, tmp_path, monkeypatch):
     result, spy = distill(preset, precision, "cuda", tiny_teachers, tmp_path, monkeypatch)
     assert_trained(spy, precision)
-    assert differing_tensors(result.pipeline / UNET_FILE, teacher_dir(preset, tiny_teachers) / UNET_FILE)
+    assert differing_tensors(network_file(result.pipeline), network_file(teacher_dir(preset, tiny_teachers)))
     assert_samples(result.pipeline, "cuda", DTYPES[precision])
 
 

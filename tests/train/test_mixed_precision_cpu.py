@@ -1,5 +1,5 @@
 """bf16 autocast on the CPU (accelerate ``mixed_precision="bf16"``) trains through the real jobs: the DMD2
-preset and text-to-3D on Gaussians, on tiny components. The runs finish with finite losses, move their
+preset, the flow-family and BOOT presets, and text-to-3D on Gaussians, on tiny components. The runs finish with finite losses, move their
 trained parameters and run their network layers in bfloat16; the DMD2 student loads and samples in stock
 diffusers. The CUDA fp16 and bf16 runs of every recipe are in tests/gpu/test_mixed_precision.py."""
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from precision_runs import ROOT, UNET_FILE, assert_samples, assert_scene_written, distill, text_to_3d
+from precision_runs import ROOT, UNET_FILE, assert_samples, assert_scene_written, distill, teacher_dir, text_to_3d
 from precision_spy import assert_trained, differing_tensors, fresh_accelerate_state
-from tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import make_tiny_teachers, network_file, tiny_sd_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +37,22 @@ def test_dmd2_trains_under_cpu_bf16_autocast(tiny_teacher, tmp_path, monkeypatch
     trainer = spy.trainers[0]
     assert trainer.device.type == "cpu" and trainer.scaler is None
     assert differing_tensors(result.pipeline / UNET_FILE, tiny_teacher / "sd" / UNET_FILE)
+    assert_samples(result.pipeline, "cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_teachers(tmp_path_factory):
+    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
+
+
+@pytest.mark.parametrize("name", ["sd3-meanflow", "sd3-twinflow", "sd15-boot"])
+def test_flow_family_and_boot_presets_train_under_cpu_bf16_autocast(name, tiny_teachers, tmp_path, monkeypatch):
+    """MeanFlow's torch.func.jvp, TwinFlow's recursive targets and BOOT's bootstrap in bf16 (the GPU presets'
+    precision), through the job; the exported folder loads and samples in stock diffusers."""
+    preset = ROOT / "configs" / "distill" / f"{name}.yaml"
+    result, spy = distill(preset, "bf16", "cpu", tiny_teachers, tmp_path, monkeypatch)
+    assert_trained(spy, "bf16")
+    assert differing_tensors(network_file(result.pipeline), network_file(teacher_dir(preset, tiny_teachers)))
     assert_samples(result.pipeline, "cpu", torch.float32)
 
 
