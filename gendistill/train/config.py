@@ -52,6 +52,9 @@ class TrainerConfig:
     """How many recent checkpoints to keep."""
     eval_every: int = 0
     """Run the evaluation hook every this many steps (0: only at the end)."""
+    eval_on_ema: bool = True
+    """Evaluate with the EMA's weights in the EMA module (what an export takes), the live ones restored after;
+    false: the live weights. Sharded (fsdp) runs evaluate the live weights."""
     log_every: int = 10
     """Record losses in the history every this many steps."""
     nan_policy: Literal["raise", "skip"] = "raise"

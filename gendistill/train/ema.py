@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -32,6 +34,17 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.shadow.load_state_dict(state)
+
+    @contextmanager
+    def swapped_into(self, module: nn.Module) -> Iterator[nn.Module]:
+        """``module`` holding the shadow's values for the duration; its own come back exactly after (copied in
+        place, so optimizers keep their references)."""
+        live = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(self.shadow.state_dict())
+        try:
+            yield module
+        finally:
+            module.load_state_dict(live)
 
 
 def warmed_up_decay(decay: float, updates: int) -> float:

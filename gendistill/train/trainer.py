@@ -14,6 +14,7 @@ it stopped between steps, calls ``on_stop`` with what it has (jobs write their o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -280,9 +281,16 @@ class Trainer:
     def _evaluate(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.accelerator.is_main_process or parallel.is_sharded(self):  # sharded forwards are collective
-            metrics = {f"eval/{k}": v for k, v in self.eval_fn(step).items()}
+            with self._evaluated_weights():
+                metrics = {f"eval/{k}": v for k, v in self.eval_fn(step).items()}
         self.accelerator.wait_for_everyone()
         return metrics
+
+    def _evaluated_weights(self):
+        """The EMA's weights swapped into its module for an evaluation (``eval_on_ema``), else nothing."""
+        if self.ema is None or not self.config.eval_on_ema or parallel.is_sharded(self):
+            return contextlib.nullcontext()
+        return self.ema.swapped_into(self.modules[self.recipe.ema_module()])
 
     def _write_checkpoint(self, state: TrainState) -> Path:
         state.counters = dict(self.counters)

@@ -175,3 +175,30 @@ def test_runs_at_different_precisions_share_one_process(tmp_path):
         config = TrainerConfig(steps=1, checkpoint_every=0, mixed_precision=precision)
         Trainer(Spy(), config, tmp_path / precision, toy_batch, progress=False).fit()
     assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+
+
+def test_evaluation_sees_the_ema_weights_and_training_continues_on_the_live_ones(tmp_path):
+    """With an EMA, the evaluation hook runs on the EMA's weights (what an export takes): the student's values
+    during the hook equal the shadow's, and the run ends with the same weights as one without evaluation."""
+    def run(folder, eval_on_ema, with_eval):
+        recipe, seen = ToyRecipe(), []
+        config = TrainerConfig(steps=6, ema_decay=0.5, eval_every=2 if with_eval else 0, eval_on_ema=eval_on_ema,
+                               checkpoint_every=0, optimizers={"fit": OptimizerConfig(lr=0.05)})
+
+        def evaluate(step):
+            trainer_ema = trainer.ema.state_dict()
+            seen.append(all(torch.equal(v, trainer_ema[k]) for k, v in recipe.student.state_dict().items()))
+            return {"norm": float(recipe.student[0].weight.detach().norm())}
+
+        trainer = Trainer(recipe, config, tmp_path / folder, toy_batch, evaluate if with_eval else None,
+                          progress=False)
+        trainer.fit()
+        return recipe, seen
+
+    plain, _ = run("plain", True, False)
+    on_ema, seen = run("ema", True, True)
+    live, seen_live = run("live", False, True)
+    assert seen == [True, True, True] and seen_live == [False, False, False]
+    for other in (on_ema, live):
+        assert all(torch.equal(a, b) for a, b in zip(plain.student.state_dict().values(),
+                                                      other.student.state_dict().values()))
