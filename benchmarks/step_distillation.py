@@ -78,7 +78,8 @@ def measure_family(family: Family, students: list[Path], evaluator, num_samples:
 
     teacher = TextToImageModel(load_pipeline(str(family.folder)))
     t_guidance = default_guidance(teacher, family.folder)
-    rows = [evaluate_model(teacher, evaluator, k, "auto", t_guidance, num_samples) for k in family.steps]
+    rows = [shown(family.label, evaluate_model(teacher, evaluator, k, "auto", t_guidance, num_samples))
+            for k in family.steps]
     results["teachers"][family.label] = [asdict(r) for r in rows]
     labelled += [(family.label, r) for r in rows]
     for folder in students:
@@ -88,17 +89,26 @@ def measure_family(family: Family, students: list[Path], evaluator, num_samples:
         meta = json.loads((folder / "gendistill.json").read_text()) if (folder / "gendistill.json").is_file() else {}
         guidance = default_guidance(student, folder)
         steps = [k for k in (1, 2, 4) if k <= meta.get("max_steps", 4)]
-        own = [evaluate_model(student, evaluator, k, "auto", guidance, num_samples) for k in steps]
-        if max(steps) > 1:  # hybrid: the teacher takes the first of the student's steps
-            own.append(evaluate_model(student, evaluator, max(steps), "auto", guidance, num_samples,
-                                      base=teacher, base_steps=1, base_guidance=1.0))
         name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
+        own = [shown(name, evaluate_model(student, evaluator, k, "auto", guidance, num_samples)) for k in steps]
+        if max(steps) > 1 and student.interval_embedder is None:  # hybrid: the teacher takes the first step
+            # (a flow-map student jumps by its own map from pure noise only: no hybrid row)
+            own.append(shown(name, evaluate_model(student, evaluator, max(steps), "auto", guidance, num_samples,
+                                                  base=teacher, base_steps=1, base_guidance=1.0)))
         results["students"][name] = {"teacher": family.label, "train_seconds": meta.get("train_seconds"),
                                      "rows": [asdict(r) for r in own]}
         labelled += [(name, r) for r in own]
         speedup = rows[0].ms_per_image / own[0].ms_per_image
         notes.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s; {own[0].steps}-step images "
                      f"{speedup:.1f}x faster than the {family.label} at {family.steps[0]} steps")
+
+
+def shown(label: str, row):
+    """Print a row as soon as it is measured (a long run that fails later keeps what it printed)."""
+    from gendistill.domains.shapes.evaluation import format_table
+
+    print(format_table([(label, row)]).splitlines()[-1], flush=True)
+    return row
 
 
 if __name__ == "__main__":
