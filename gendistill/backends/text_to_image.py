@@ -174,6 +174,11 @@ class TextToImageModel:
         if self.family == "vp" and getattr(self.pipe, "text_encoder_2", None) is None:
             pos, neg = self.pipe.encode_prompt(prompts, self.network.device, 1, True, None)
             return TextCondition(pos), TextCondition(neg)
+        if self.family == "flow":  # one call for the batch (per prompt, SD3's two CLIP passes dominated 1 step)
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompts, None, None, device=self.network.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=True, negative_prompt=None)
+            return TextCondition(pos, pooled), TextCondition(neg, neg_pooled)
         conds = [self.encode(p, None, 1) for p in prompts]
         return TextCondition.concat([c for c, _ in conds]), TextCondition.concat([u for _, u in conds])
 

@@ -17,3 +17,16 @@ def test_flow_euler_matches_stock_sd3_pipeline():
     # We start at flow time 1 - 1e-5 instead of exactly 1 (canonical sigma must be finite).
     assert (result.latents - stock).abs().max().item() < 1e-3 * stock.abs().max().item()
     assert result.images.shape == (2, 3, 16, 16) and result.nfe == 12
+
+
+def test_a_batch_of_prompts_encodes_as_each_prompt_alone():
+    """encode_batch encodes a flow model's prompts in one call; each row equals that prompt's own encoding."""
+    model = TextToImageModel(tiny_sd3_pipeline(seed=0))
+    prompts = ["a red cube", "a blue sphere, side view", "a green torus"]
+    cond, uncond = model.encode_batch(prompts)
+    for i, prompt in enumerate(prompts):
+        alone, empty = model.encode(prompt, None, 1)
+        for got, want in ((cond, alone), (uncond, empty)):
+            assert torch.allclose(got.embeds[i], want.embeds[0], atol=1e-5)
+            assert torch.allclose(got.pooled[i], want.pooled[0], atol=1e-5)
+    assert cond.embeds.shape[0] == uncond.embeds.shape[0] == 3
