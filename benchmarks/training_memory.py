@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "training_memory.json").write_text(json.dumps(rows, indent=2))
     lines = ["| preset | recipe | modules held | modules MB | optimizer MB | EMA MB | total MB | x teacher network "
-             "| without EMA | vs the first row (with EMA / without) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| without EMA | vs the first row (with EMA / without) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     first = rows[0]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['recipe']} | {', '.join(r['networks_held'])} | {r['modules_mb']:.1f} | "
