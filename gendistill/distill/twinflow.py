@@ -57,6 +57,9 @@ class TwinFlowConfig:
     """Guidance trained into the target: + enhance * (F_cond - F_uncond) of the network (0: none)."""
     weights: dict[str, float] | None = None
     """Weight of each term (base, real, fake, rectify, consistency); None: 1 each, as the reference."""
+    rectify_warmup: int = 0
+    """Steps over which the rectify term's weight ramps linearly from 0 (0: full from the start). At the start the
+    network's negative-time (fake) branch is the teacher's extrapolation, so its push is noise."""
     student_steps: int = 1
     """The step count the table reports first (the student samples at any count)."""
     embedder_frequency_dim: int = 256
@@ -69,6 +72,7 @@ class TwinFlowConfig:
         check_range(key_path(path, "delta"), self.delta, 1e-4, 0.5)
         check_range(key_path(path, "clamp"), self.clamp, 1e-6)
         check_range(key_path(path, "enhance"), self.enhance, 0.0)
+        check_range(key_path(path, "rectify_warmup"), self.rectify_warmup, 0)
         check_range(key_path(path, "student_steps"), self.student_steps, 1, 1000)
         for name in ("embedder_frequency_dim", "embedder_hidden_dim"):
             check_range(key_path(path, name), getattr(self, name), 2)
@@ -128,6 +132,8 @@ class TwinFlowRecipe:
         terms = twin_terms(cond, cond, batch.latents.float(), generator, cfg.order, cfg.delta, cfg.clamp, cfg.twin,
                            uncond_map=uncond, enhance=cfg.enhance)
         weights = cfg.term_weights()
+        if cfg.rectify_warmup:
+            weights["rectify"] *= min(1.0, step / cfg.rectify_warmup)
         total = sum(weights[name] * value.mean() for name, value in terms.items())
         return Loss(total, {name: value.mean().item() for name, value in terms.items()})
 

@@ -68,7 +68,19 @@ def test_every_variant_gives_finite_terms_and_gradients(tiny_flow_model, overrid
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_the_rectify_term_ramps_in_over_its_warmup(tiny_flow_model):
+    """rectify_warmup N: the term's weight is step / N (0 at step 0, full from step N); the others are untouched."""
+    latents = torch.randn(2, *tiny_flow_model.latent_shape(1)[1:], generator=torch.Generator().manual_seed(1))
+    batch = batch_of(tiny_flow_model, ["a red cube", "a blue cone"], latents)
+    recipe = tiny_recipe(tiny_flow_model, rectify_warmup=10)
+    for step, share in ((0, 0.0), (5, 0.5), (10, 1.0), (40, 1.0)):
+        loss = recipe.loss(batch, "student", step, torch.Generator().manual_seed(2))
+        others = sum(v for k, v in loss.terms.items() if k != "rectify")
+        assert loss.total.item() == pytest.approx(others + share * loss.terms["rectify"], rel=1e-5)
+
+
 @pytest.mark.parametrize("override, key", [("recipe.order=0", "recipe.order"), ("recipe.delta=0", "recipe.delta"),
+                                           ("recipe.rectify_warmup=-1", "recipe.rectify_warmup"),
                                            ("recipe.weights={adversary: 1.0}", "recipe.weights")])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError, match=key):
