@@ -152,9 +152,9 @@ def make_tiny_teachers(root: Path) -> Path:
 def tiny_teacher_kind(preset: Path) -> str:
     """The folder of ``make_tiny_teachers`` of the preset's teacher's classes: sd3 for flow teachers, else sdxl
     (an SDXL preset) or sd."""
-    import yaml
+    from gendistill.config import read_yaml
 
-    teacher = str((yaml.safe_load(Path(preset).read_text()) or {}).get("teacher", ""))
+    teacher = str(read_yaml(preset).get("teacher", ""))
     if "flow-teacher" in teacher or "stable-diffusion-3" in teacher:
         return "sd3"
     return "sdxl" if Path(preset).name.startswith("sdxl") else "sd"

@@ -224,13 +224,13 @@ class BOOTRecipe:
         self.timesteps = bootstrap_timesteps(model.num_train_timesteps, config.bootstrap_steps)
         self.sigmas = model.train_sigmas[torch.from_numpy(self.timesteps)]
         self.teacher: Denoiser = self.models.teacher()
+        self.student: Denoiser = self.models.student()  # read through the teacher's prediction type
         self.student_prediction_type = model.prediction_type
         if config.student_prediction == "sample":
             self.student_prediction_type = "sample"
             if model.prediction_type == "v_prediction":
                 negate_output_layer(self.models.student_unet)
-        self.student: Denoiser = VPDenoiser(self.models.student_unet, model.alphas_cumprod,
-                                            self.student_prediction_type)
+            self.student = VPDenoiser(self.models.student_unet, model.alphas_cumprod, "sample")
 
     # --- the protocol --------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """bf16 autocast on the CPU (accelerate ``mixed_precision="bf16"``) trains through the real jobs: the DMD2
-preset, the flow-family and BOOT presets, and text-to-3D on Gaussians, on tiny components. The runs finish with finite losses, move their
-trained parameters and run their network layers in bfloat16; the DMD2 student loads and samples in stock
-diffusers. The CUDA fp16 and bf16 runs of every recipe are in tests/gpu/test_mixed_precision.py."""
+preset, the flow-family and BOOT presets, and text-to-3D on Gaussians, on tiny components. The runs finish with
+finite losses, move their trained parameters and run their network layers in bfloat16; the students load and
+sample in stock diffusers. The CUDA fp16 and bf16 runs of every recipe are in tests/gpu/test_mixed_precision.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from precision_runs import ROOT, UNET_FILE, assert_samples, assert_scene_written, distill, teacher_dir, text_to_3d
 from precision_spy import assert_trained, differing_tensors, fresh_accelerate_state
-from tiny_pipelines import make_tiny_teachers, network_file, tiny_sd_pipeline
+from tiny_pipelines import make_tiny_teachers, network_file
 
 
 @pytest.fixture(autouse=True)
@@ -23,26 +23,18 @@ def _fresh_accelerate():
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher")
-    tiny_sd_pipeline(root / "sd", seed=0)
-    (root / "prompts.txt").write_text("a red cube\na blue sphere\n")
-    return root
+def tiny_teachers(tmp_path_factory):
+    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
-def test_dmd2_trains_under_cpu_bf16_autocast(tiny_teacher, tmp_path, monkeypatch):
+def test_dmd2_trains_under_cpu_bf16_autocast(tiny_teachers, tmp_path, monkeypatch):
     preset = ROOT / "configs" / "distill" / "sd15-dmd2.yaml"
-    result, spy = distill(preset, "bf16", "cpu", tiny_teacher, tmp_path, monkeypatch, "recipe.fake_updates=1")
+    result, spy = distill(preset, "bf16", "cpu", tiny_teachers, tmp_path, monkeypatch, "recipe.fake_updates=1")
     assert_trained(spy, "bf16")
     trainer = spy.trainers[0]
     assert trainer.device.type == "cpu" and trainer.scaler is None
-    assert differing_tensors(result.pipeline / UNET_FILE, tiny_teacher / "sd" / UNET_FILE)
+    assert differing_tensors(result.pipeline / UNET_FILE, tiny_teachers / "sd" / UNET_FILE)
     assert_samples(result.pipeline, "cpu", torch.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny_teachers(tmp_path_factory):
-    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 @pytest.mark.parametrize("name", ["sd3-meanflow", "sd3-twinflow", "sd15-boot"])
@@ -56,8 +48,8 @@ def test_flow_family_and_boot_presets_train_under_cpu_bf16_autocast(name, tiny_t
     assert_samples(result.pipeline, "cpu", torch.float32)
 
 
-def test_text_to_3d_gaussians_train_under_cpu_bf16_autocast(tiny_teacher, tmp_path, monkeypatch):
-    result, spy = text_to_3d("bf16", "cpu", tiny_teacher / "sd", tmp_path, monkeypatch)
+def test_text_to_3d_gaussians_train_under_cpu_bf16_autocast(tiny_teachers, tmp_path, monkeypatch):
+    result, spy = text_to_3d("bf16", "cpu", tiny_teachers / "sd", tmp_path, monkeypatch)
     assert_trained(spy, "bf16")
     assert spy.trainers[0].config.mixed_precision == "bf16"
     assert_scene_written(result, tmp_path)
