@@ -13,15 +13,6 @@ from gendistill.errors import UserError
 from gendistill.jobs.distill.config import DistillConfig
 
 
-@pytest.fixture(scope="module")
-def tiny_flow_model():
-    from tiny_pipelines import tiny_sd3_pipeline
-
-    from gendistill.backends.text_to_image import TextToImageModel
-
-    return TextToImageModel(tiny_sd3_pipeline(seed=0))
-
-
 def tiny_recipe(model, **overrides) -> TwinFlowRecipe:
     return TwinFlowRecipe(model, TwinFlowConfig(embedder_frequency_dim=16, embedder_hidden_dim=16, **overrides))
 
