@@ -61,14 +61,26 @@ def denoising_loss(denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond=None
     """
     sig = expand_sigma(sigma, x0)
     x0_hat = denoiser(x0 + sig * noise, sigma, cond)
-    per_sample = (x0_hat - x0).pow(2).mean(dim=list(range(1, x0.ndim)))
-    s2 = expand_sigma(sigma, x0).flatten().pow(2)
+    return weighted_mse(x0_hat, x0, loss_weights(expand_sigma(sigma, x0).flatten(), weighting, snr_gamma))
+
+
+def loss_weights(sigma: Tensor, weighting: Literal["x0", "eps", "v", "min_snr"] = "v",
+                 snr_gamma: float = 5.0) -> Tensor:
+    """Per-sample weights of an x0-units squared error that make it another parameterisation's loss (see
+    ``denoising_loss``); ``sigma`` is (B,)."""
+    s2 = sigma.pow(2)
     weights = {
-        "x0": torch.ones_like(s2),
-        "eps": 1 / s2,
-        "v": (1 + s2) / s2,
-        "min_snr": (1 / s2).clamp(max=snr_gamma),
+        "x0": lambda: torch.ones_like(s2),
+        "eps": lambda: 1 / s2,
+        "v": lambda: (1 + s2) / s2,
+        "min_snr": lambda: (1 / s2).clamp(max=snr_gamma),
     }
     if weighting not in weights:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(weights)}")
-    return (weights[weighting] * per_sample).mean()
+    return weights[weighting]()
+
+
+def weighted_mse(prediction: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """``mean_b weights_b * mean(|prediction_b - target_b|^2)``."""
+    per_sample = (prediction - target).pow(2).mean(dim=list(range(1, prediction.ndim)))
+    return (weights * per_sample).mean()
