@@ -4,10 +4,11 @@
 
 Two families: the VP teacher (``assets/shapes-teacher``, 50/8/4/2/1 steps) with the UNet students, and the
 flow-matching teacher (``assets/shapes-flow-teacher``, 28/8/4/2/1 steps, when shipped) with the flow students.
-Each student is measured at 1/2/4 steps plus a hybrid row (its teacher takes the first step). Writes
+Each student is measured at 1/2/4 steps plus a hybrid row (its teacher takes the first step); a compressed
+student (KOALA: a smaller UNet sampled like its teacher) at the teacher's 50 and 25 steps and guidance. Writes
 step_distillation.json and step_distillation.md (prompt accuracy, FID, diversity, NFE, ms per image, each
-student's training wall-clock, and each student's speed-up per image over its teacher at the teacher's
-default steps). Everything is measured in one run on one machine, so the ratios between rows are what to read.
+student's training wall-clock, its network's parameters against the teacher's, and its speed-up per image over
+the teacher at the teacher's default steps, or at the same steps for a compressed student). Everything is measured in one run on one machine, so the ratios between rows are what to read.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "gendistill" / "assets"
-STUDENT_PATTERNS = ("shapes-*step*", "shapes-meanflow*", "shapes-twinflow*", "shapes-boot*")
+STUDENT_PATTERNS = ("shapes-*step*", "shapes-meanflow*", "shapes-twinflow*", "shapes-boot*", "shapes-koala*")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Family:
     steps: tuple[int, ...]
 
 
-FAMILIES = (Family("teacher", ASSETS / "shapes-teacher", (50, 8, 4, 2, 1)),
+FAMILIES = (Family("teacher", ASSETS / "shapes-teacher", (50, 25, 8, 4, 2, 1)),
             Family("flow teacher", ASSETS / "shapes-flow-teacher", (28, 8, 4, 2, 1)))
 
 
@@ -87,20 +88,47 @@ def measure_family(family: Family, students: list[Path], evaluator, num_samples:
         if student.family != teacher.family:
             continue
         meta = json.loads((folder / "gendistill.json").read_text()) if (folder / "gendistill.json").is_file() else {}
-        guidance = default_guidance(student, folder)
-        steps = [k for k in (1, 2, 4) if k <= meta.get("max_steps", 4)]
         name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
-        own = [shown(name, evaluate_model(student, evaluator, k, "auto", guidance, num_samples)) for k in steps]
-        if max(steps) > 1 and student.interval_embedder is None:  # hybrid: the teacher takes the first step
-            # (a flow-map student jumps by its own map from pure noise only: no hybrid row)
-            own.append(shown(name, evaluate_model(student, evaluator, max(steps), "auto", guidance, num_samples,
-                                                  base=teacher, base_steps=1, base_guidance=1.0)))
+        if meta.get("recipe") == "koala":
+            own = measure_compressed(name, student, family, rows, evaluator, num_samples)
+        else:
+            own = measure_few_step(name, student, folder, meta, teacher, evaluator, num_samples)
         results["students"][name] = {"teacher": family.label, "train_seconds": meta.get("train_seconds"),
-                                     "rows": [asdict(r) for r in own]}
+                                     "parameters": parameters(student), "rows": [asdict(r) for r in own]}
         labelled += [(name, r) for r in own]
-        speedup = rows[0].ms_per_image / own[0].ms_per_image
-        notes.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s; {own[0].steps}-step images "
-                     f"{speedup:.1f}x faster than the {family.label} at {family.steps[0]} steps")
+        teacher_row = next(r for r in rows if r.steps == own[0].steps) if meta.get("recipe") == "koala" else rows[0]
+        speedup = teacher_row.ms_per_image / own[0].ms_per_image
+        fewer = 1 - parameters(student) / parameters(teacher)
+        notes.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s; {parameters(student):,} network "
+                     f"parameters ({fewer:.0%} fewer than the {family.label}'s); {own[0].steps}-step images "
+                     f"{speedup:.2f}x faster than the {family.label} at {teacher_row.steps} steps")
+
+
+def measure_few_step(name: str, student, folder: Path, meta: dict, teacher, evaluator, num_samples: int) -> list:
+    """A step-distilled student at 1/2/4 steps, plus a hybrid row where the teacher takes the first step."""
+    from gendistill.domains.shapes.evaluation import default_guidance, evaluate_model
+
+    guidance = default_guidance(student, folder)
+    steps = [k for k in (1, 2, 4) if k <= meta.get("max_steps", 4)]
+    own = [shown(name, evaluate_model(student, evaluator, k, "auto", guidance, num_samples)) for k in steps]
+    if max(steps) > 1 and student.interval_embedder is None:  # hybrid: the teacher takes the first step
+        # (a flow-map student jumps by its own map from pure noise only: no hybrid row)
+        own.append(shown(name, evaluate_model(student, evaluator, max(steps), "auto", guidance, num_samples,
+                                              base=teacher, base_steps=1, base_guidance=1.0)))
+    return own
+
+
+def measure_compressed(name: str, student, family: Family, teacher_rows: list, evaluator, num_samples: int) -> list:
+    """A compressed student at its teacher's step counts and guidance above 8 steps (50 and 25)."""
+    from gendistill.domains.shapes.evaluation import evaluate_model
+
+    return [shown(name, evaluate_model(student, evaluator, row.steps, "auto", row.guidance, num_samples))
+            for row in teacher_rows if row.steps >= 25]
+
+
+def parameters(model) -> int:
+    """Parameters of a model's denoising network (every expert of a phased student)."""
+    return sum(p.numel() for network in getattr(model, "experts", [model.network]) for p in network.parameters())
 
 
 def shown(label: str, row):

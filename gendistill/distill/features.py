@@ -9,6 +9,7 @@ The hooks are plain ``register_forward_hook``s, so the same code reads SD 1.5 an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from gendistill.distill.compression import LayerMap
 FeatureSite = Literal["self_attention", "cross_attention", "block", "none"]
 FEATURE_SITES = ("self_attention", "cross_attention", "block", "none")
 ATTENTION_OF = {"self_attention": "attn1", "cross_attention": "attn2"}
+TRANSFORMER_BLOCK = re.compile(r"\.transformer_blocks\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,13 @@ def feature_sites(student: nn.Module, teacher: nn.Module, layer_map: LayerMap, s
     if site not in ATTENTION_OF:
         raise ValueError(f"unknown feature site {site!r}; choose one of {', '.join(FEATURE_SITES)}")
     attention = ATTENTION_OF[site]
+    teacher_modules = dict(teacher.named_modules())
     pairs = []
-    for layer, partner in layer_map.teacher_of.items():
-        if ".transformer_blocks." in layer and layer.rsplit(".", 1)[-1].isdigit():
-            pairs.append(SitePair(f"{layer}.{attention}", f"{partner}.{attention}"))
+    for name, _ in student.named_modules():
+        if TRANSFORMER_BLOCK.search(name):
+            partner = layer_map.teacher_of.get(name, name)  # mid-block modules keep their names
+            if f"{partner}.{attention}" in teacher_modules:
+                pairs.append(SitePair(f"{name}.{attention}", f"{partner}.{attention}"))
     return pairs
 
 

@@ -24,7 +24,9 @@ RECIPE_NAMES = {"dmd2": "DMD2 (distribution matching with a trainable fake score
                 "phased_dmd": "Phased DMD (one expert per SNR phase, score matching within subintervals)",
                 "boot": "BOOT (data-free bootstrapping along the teacher's ODE, prompts only)",
                 "meanflow": "MeanFlow distillation (average velocities u(z, r, t), any step count)",
-                "twinflow": "TwinFlow (self-adversarial twin trajectories, one network, no teacher)"}
+                "twinflow": "TwinFlow (self-adversarial twin trajectories, one network, no teacher)",
+                "multi_cfg": "multi-CFG distillation (FADA: prompt and negative guidance in one pass)",
+                "koala": "architecture compression (KOALA / BK-SDM knowledge distillation into a smaller UNet)"}
 
 
 def write_model_card(pipeline: Path, config, card: StudentCard, report: DistillReport | None,
@@ -34,7 +36,7 @@ def write_model_card(pipeline: Path, config, card: StudentCard, report: DistillR
     if run_config.is_file():
         shutil.copyfile(run_config, pipeline / "training_config.yaml")
     sections = [_front_matter(card), _usage(pipeline, card), _lora_usage(pipeline.parent / "lora", config, card),
-                _training(config, card, command), _evaluation(report)]
+                _network_size(pipeline, card), _training(config, card, command), _evaluation(report)]
     text = "\n\n".join(section for section in sections if section) + "\n"
     path = pipeline / "README.md"
     path.write_text(text)
@@ -52,6 +54,10 @@ def _usage(pipeline: Path, card: StudentCard) -> str:
     guidance = card.guidance or 0.0
     note = ("guidance is distilled in as a w-embedding; `guidance_scale` picks the embedded scale at no extra "
             "network call" if card.recipe == "lcm" and guidance > 0 else
+            "prompt and negative guidance are distilled in: `negative_prompt=...`, `negative_guidance_scale=...` "
+            "cost no extra network call" if card.recipe == "multi_cfg" else
+            "a smaller UNet sampled exactly as its teacher, with the teacher's scheduler and guidance"
+            if card.recipe == "koala" else
             "guidance is distilled in: sample with `guidance_scale=0`")
     return (f"# gendistill {card.recipe} student, {_count(card.steps, 'step')}\n\n"
             f"A {card.steps}-step student of `{card.teacher}`, made by {name}. Stock diffusers samples it "
@@ -93,6 +99,31 @@ def _lora_usage(lora_dir: Path, config, card: StudentCard) -> str:
             f"pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config{extra})\n"
             f"image = pipe(\"a red cube, front view\", num_inference_steps={card.steps}, "
             f"guidance_scale={card.guidance or 0.0:g}).images[0]\n```")
+
+
+def _network_size(pipeline: Path, card: StudentCard) -> str:
+    """The student UNet's parameter count against its teacher's (when the teacher is a local folder)."""
+    from gendistill.shipped import resolve_model_name
+
+    student = _unet_parameters(pipeline)
+    teacher = _unet_parameters(Path(resolve_model_name(str(card.teacher))))
+    if student is None or teacher is None or student == teacher:
+        return ""
+    return (f"## Size\n\nUNet parameters: {student:,}, against the teacher's {teacher:,} "
+            f"({1 - student / teacher:.0%} fewer).")
+
+
+def _unet_parameters(folder: Path) -> int | None:
+    """Parameters in ``folder/unet``'s safetensors file (read from its header), None without one."""
+    import math
+
+    from safetensors import safe_open
+
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as weights:
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
 
 
 def _training(config, card: StudentCard, command: str | None) -> str:
