@@ -12,7 +12,7 @@ import torch
 
 from gendistill.config import load_config
 from precision_spy import TrainerSpy
-from tiny_pipelines import tiny_teacher_kind
+from tiny_pipelines import fit_recipe_to_tiny_teacher, tiny_teacher_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "distill").glob("*.yaml"))
@@ -56,12 +56,7 @@ def distill(preset: Path, precision: str, device: str, root: Path, out: Path, mo
                  f"data.image_folder={root / 'images'}", "eval.during_training_samples=0", "eval.num_samples=2",
                  "eval.teacher_steps=[2]", "eval.student_steps=[1]", "eval.grid_prompts=2", *extra]
     config = load_config(job.DistillConfig, preset, overrides)
-    if config.recipe.KIND == "progressive":
-        config.recipe.steps_per_stage = 1
-    if getattr(config.recipe, "regression_pairs", 0):
-        config.recipe.regression_pairs = 2
-    if getattr(config.recipe, "student_init", None):  # a shipped student: the tiny teacher stands in for it
-        config.recipe.student_init = config.teacher
+    fit_recipe_to_tiny_teacher(config)
     spy = TrainerSpy(job.Trainer).install(monkeypatch, job)
     return job.run_distill(config, out, progress=False), spy
 

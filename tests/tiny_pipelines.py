@@ -160,6 +160,22 @@ def tiny_teacher_kind(preset: Path) -> str:
     return "sdxl" if Path(preset).name.startswith("sdxl") else "sd"
 
 
+def fit_recipe_to_tiny_teacher(config) -> None:
+    """Shrink a preset's recipe to what a two-step run on the tiny teachers can do: one step per progressive
+    stage, two regression pairs, the tiny teacher standing in for a shipped ``student_init``, and a per-stage
+    KOALA architecture cut to the tiny UNet's two stages."""
+    recipe = config.recipe
+    if recipe.KIND == "progressive":
+        recipe.steps_per_stage = 1
+    if getattr(recipe, "regression_pairs", 0):
+        recipe.regression_pairs = 2
+    if getattr(recipe, "student_init", None):
+        recipe.student_init = config.teacher
+    architecture = getattr(recipe, "architecture", None)
+    if architecture is not None and isinstance(architecture.layers_per_block, list):
+        architecture.layers_per_block = architecture.layers_per_block[:2]
+
+
 def network_file(folder: Path) -> Path:
     """The denoising network's weights in a pipeline folder: the UNet's, or an SD3-style transformer's."""
     for name in ("unet", "transformer"):

@@ -10,7 +10,7 @@ from diffusers import DiffusionPipeline
 from gendistill.config import load_config
 from gendistill.jobs.distill.config import DistillConfig
 from gendistill.jobs.distill.run import run_distill
-from tiny_pipelines import make_tiny_teachers, tiny_teacher_kind
+from tiny_pipelines import fit_recipe_to_tiny_teacher, make_tiny_teachers, tiny_teacher_kind
 
 PRESETS = sorted((Path(__file__).parents[2] / "configs" / "distill").glob("*.yaml"))
 
@@ -31,15 +31,7 @@ def tiny_overrides(preset: Path, root: Path) -> list[str]:
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_preset_runs_two_steps_on_tiny_components(preset, tiny_teachers, tmp_path):
     config = load_config(DistillConfig, preset, tiny_overrides(preset, tiny_teachers))
-    if config.recipe.KIND == "progressive":
-        config.recipe.steps_per_stage = 1
-    if getattr(config.recipe, "regression_pairs", 0):
-        config.recipe.regression_pairs = 2
-    architecture = getattr(config.recipe, "architecture", None)
-    if architecture is not None and isinstance(architecture.layers_per_block, list):  # per stage of the shapes
-        architecture.layers_per_block = architecture.layers_per_block[:2]  # teacher; the tiny UNet has 2 stages
-    if getattr(config.recipe, "student_init", None):  # a shipped student: the tiny teacher stands in for it
-        config.recipe.student_init = config.teacher
+    fit_recipe_to_tiny_teacher(config)
     result = run_distill(config, tmp_path, progress=False)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "curves.png").is_file()
     assert (tmp_path / "checkpoints" / "latest").is_file()

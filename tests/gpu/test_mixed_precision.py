@@ -49,7 +49,8 @@ def tiny_teachers(tmp_path_factory):
 def test_distill_preset_trains_in_half_precision_on_cuda(preset, precision, tiny_teachers, tmp_path, monkeypatch):
     result, spy = distill(preset, precision, "cuda", tiny_teachers, tmp_path, monkeypatch)
     assert_trained(spy, precision)
-    assert differing_tensors(network_file(result.pipeline), network_file(teacher_dir(preset, tiny_teachers)))
+    assert differing_tensors(network_file(result.pipeline), network_file(teacher_dir(preset, tiny_teachers)),
+                             compressed="koala" in preset.stem)
     assert_samples(result.pipeline, "cuda", DTYPES[precision])
 
 
