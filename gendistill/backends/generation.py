@@ -35,6 +35,8 @@ class GenerationRequest:
     sampler: str = "auto"
     eta: float = 0.0
     guidance: float = 7.5
+    negative_guidance: float = 0.0
+    """A multi-CFG student only: the negative prompt's guidance scale, applied in the same single pass."""
     guidance_rescale: float = 0.0
     seed: int = 0
     num_images: int = 1
@@ -86,6 +88,7 @@ def validate(request: GenerationRequest, has_base: bool = False) -> None:
     if request.steps < 1:
         raise UserError(f"steps must be at least 1, got {request.steps}")
     check_range("guidance", request.guidance, 0)
+    check_range("negative guidance", request.negative_guidance, 0)
     check_range("guidance rescale", request.guidance_rescale, 0, 1)
     check_range("eta", request.eta, 0, 1)
     if request.eta > 0 and request.sampler not in (*STOCHASTIC, "auto"):
@@ -121,7 +124,9 @@ def guided_denoiser(model: TextToImageModel, request: GenerationRequest, guidanc
                     boundary: Boundary = "pipeline"):
     """(CFG denoiser, condition, evaluation counter); ``boundary`` as in ``TextToImageModel.denoiser``."""
     cond, uncond = _conditions(model, request)
-    counter = CountingDenoiser(model.denoiser(guidance, request.num_images, boundary=boundary), request.num_images)
+    negative_guidance = request.negative_guidance if getattr(model, "negative_token", None) else None  # multi-CFG
+    counter = CountingDenoiser(model.denoiser(guidance, request.num_images, boundary=boundary,
+                                              negative_guidance=negative_guidance), request.num_images)
     cfg_scale = 1.0 if model.embeds_guidance else guidance  # the UNet already applies the scale
     return CFGDenoiser(counter, uncond, cfg_scale, request.guidance_rescale), cond, counter
 

@@ -71,15 +71,15 @@ def dropped_components(source: str) -> dict[str, None]:
 
 def ships_our_pipeline(source: str) -> bool:
     """Whether ``source`` is a folder whose ``pipeline.py`` and every other ``.py`` file in it are gendistill's own
-    pipeline files, byte for byte (a Phased DMD or MeanFlow export; MeanFlow also ships its interval embedder's
+    pipeline files, byte for byte (a Phased DMD, MeanFlow or multi-CFG export; MeanFlow also ships its interval embedder's
     code in that component's folder): that code is ours, so it runs; a folder with any other code keeps diffusers'
     refusal."""
-    from gendistill.backends import meanflow_pipeline, phased_pipeline
+    from gendistill.backends import meanflow_pipeline, multi_cfg_pipeline, phased_pipeline
 
     folder = Path(source)
     if not (folder / "pipeline.py").is_file():
         return False
-    ours = {Path(m.__file__).read_bytes() for m in (phased_pipeline, meanflow_pipeline)}
+    ours = {Path(m.__file__).read_bytes() for m in (phased_pipeline, meanflow_pipeline, multi_cfg_pipeline)}
     return all(code.read_bytes() in ours for code in folder.rglob("*.py"))
 
 

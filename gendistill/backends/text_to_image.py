@@ -53,6 +53,9 @@ class TextToImageModel:
         self.interval_embedder = getattr(pipe, "interval_embedder", None)
         """A MeanFlow student's (``backends/meanflow_pipeline.py``): its network then predicts average velocities
         and ``generation`` samples it by its flow map; None for every other pipeline."""
+        self.negative_token = (getattr(pipe, "config", None) or {}).get("negative_token")
+        """A multi-CFG student's marker token (``backends/multi_cfg_pipeline.py``): its condition is the prompt's
+        encoding followed by that of ``"<neg> " + negative``, and its UNet embeds both guidance scales; else None."""
         if getattr(pipe, "unet", None) is not None:
             self.family = "vp"
             self.alphas_cumprod = _alphas_cumprod(self.config)
@@ -87,22 +90,23 @@ class TextToImageModel:
         return int(getattr(self.network.config, "patch_size", 1) or 1) if self.family == "flow" else 1
 
     def denoiser(self, guidance: float | Tensor = 1.0, num_images: int = 1, network: nn.Module | None = None,
-                 boundary: Boundary = "pipeline") -> nn.Module:
+                 boundary: Boundary = "pipeline", negative_guidance: float | Tensor | None = None) -> nn.Module:
         """THE canonical denoiser of any network of this model: the teacher's own (``network=None``) or a
         student, fake score or LoRA copy, all on this model's schedule and prediction type.
 
         ``guidance`` is embedded (a float for ``num_images`` rows, or one scale per row) when the network has a
-        w-embedding (LCM's ``time_cond_proj_dim``); others ignore it. ``boundary`` is LCM's boundary
+        w-embedding (LCM's ``time_cond_proj_dim``); others ignore it. ``negative_guidance`` (not None) embeds the
+        two scales of a multi-CFG student instead. ``boundary`` is LCM's boundary
         condition: "pipeline" applies it as the model's scheduler does (LCMScheduler: yes, with its
         ``timestep_scaling``), None never, a float always with that timestep scaling (a consistency student)."""
         if network is None and len(getattr(self, "experts", ())) > 1:  # a Phased DMD student: experts by sigma
-            experts = [self.denoiser(guidance, num_images, e, boundary) for e in self.experts]
+            experts = [self.denoiser(guidance, num_images, e, boundary, negative_guidance) for e in self.experts]
             return SigmaSwitchDenoiser(experts, self.switch_sigmas)
         network = self.network if network is None else network
         if self.family == "flow":
             return FlowDenoiser(network, self.config.get("num_train_timesteps", 1000))
         denoiser = VPDenoiser(network, self.alphas_cumprod, self.prediction_type,
-                              _guidance_condition(network, guidance, num_images))
+                              _guidance_condition(network, guidance, num_images, negative_guidance))
         if boundary == "pipeline":
             boundary = self.config.get("timestep_scaling", 10.0) if self.scheduler_name == "LCMScheduler" else None
         return denoiser if boundary is None else LCMBoundaryDenoiser(denoiser, float(boundary))
@@ -166,11 +170,18 @@ class TextToImageModel:
             return TextCondition(pos, pooled), TextCondition(neg, neg_pooled)
         if getattr(self.pipe, "text_encoder_2", None) is not None:
             return self._encode_sdxl(prompt, negative_prompt, num_images, device)
+        if self.negative_token is not None:  # one condition: the student applies the negative itself
+            cond = self.encode_multi_cfg([prompt], [negative_prompt or ""]).repeat(num_images)
+            return cond, cond
         pos, neg = self.pipe.encode_prompt(prompt, device, num_images, True, negative_prompt)
         return TextCondition(pos), TextCondition(neg)
 
     def encode_batch(self, prompts: list[str]) -> tuple[TextCondition, TextCondition]:
-        """(conditional, empty-prompt) conditions for a batch of different prompts, one row each."""
+        """(conditional, empty-prompt) conditions for a batch of different prompts, one row each (a multi-CFG
+        student: its condition with the empty negative, twice)."""
+        if self.negative_token is not None:
+            cond = self.encode_multi_cfg(prompts, [""] * len(prompts))
+            return cond, cond
         if self.family == "vp" and getattr(self.pipe, "text_encoder_2", None) is None:
             pos, neg = self.pipe.encode_prompt(prompts, self.network.device, 1, True, None)
             return TextCondition(pos), TextCondition(neg)
@@ -202,6 +213,15 @@ class TextToImageModel:
         rows = {prompt: alone(prompt) for prompt in dict.fromkeys(prompts)}
         empty = rows[""] if "" in rows else alone("")
         return TextCondition.concat([rows[p] for p in prompts]), empty.repeat(len(prompts))
+
+    def encode_multi_cfg(self, prompts: list[str], negatives: list[str]) -> TextCondition:
+        """A multi-CFG student's condition: the prompts' encodings followed by those of ``"<neg> " + negative``."""
+        from gendistill.backends.multi_cfg_pipeline import negative_text
+
+        device = self.network.device
+        pos, _ = self.pipe.encode_prompt(prompts, device, 1, False)
+        neg, _ = self.pipe.encode_prompt([negative_text(n, self.negative_token) for n in negatives], device, 1, False)
+        return TextCondition(torch.cat([pos, neg], dim=1))
 
     def _encode_sdxl(self, prompt, negative_prompt, num_images, device):
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
@@ -245,13 +265,24 @@ def _embedding_width(network: nn.Module) -> int | None:
     return getattr(getattr(network, "config", None), "time_cond_proj_dim", None)
 
 
-def _guidance_condition(network: nn.Module, guidance: float | Tensor, num_images: int) -> Tensor | None:
-    """The ``timestep_cond`` embedding ``guidance`` for a w-embedding network, (B, D) in its dtype; else None."""
+def _guidance_condition(network: nn.Module, guidance: float | Tensor, num_images: int,
+                        negative_guidance: float | Tensor | None = None) -> Tensor | None:
+    """The ``timestep_cond`` embedding ``guidance`` for a w-embedding network, (B, D) in its dtype; else None.
+    With ``negative_guidance`` (a multi-CFG student): the two-scale embedding [emb(w_c - 1), emb(w_n)]."""
     dim = _embedding_width(network)
     if dim is None:
         return None
-    scale = guidance.detach().float().cpu() if isinstance(guidance, Tensor) else torch.full((num_images,), guidance)
-    return guidance_embedding(scale, dim).to(device=network.device, dtype=network_dtype(network))
+
+    def per_row(value: float | Tensor) -> Tensor:
+        return value.detach().float().cpu() if isinstance(value, Tensor) else torch.full((num_images,), value)
+
+    if negative_guidance is None:
+        embedding = guidance_embedding(per_row(guidance), dim)
+    else:
+        from gendistill.backends.multi_cfg_pipeline import two_scale_embedding
+
+        embedding = two_scale_embedding(per_row(guidance), per_row(negative_guidance), dim)
+    return embedding.to(device=network.device, dtype=network_dtype(network))
 
 
 def _phased_experts(pipe, train_sigmas: Tensor) -> tuple[list[nn.Module], list[float]]:

@@ -11,6 +11,7 @@ from gendistill.distill.dmd import DMD2Config
 from gendistill.distill.finetune import FineTuneConfig
 from gendistill.distill.koala import KoalaConfig
 from gendistill.distill.meanflow import MeanFlowConfig
+from gendistill.distill.multi_cfg import MultiCFGConfig
 from gendistill.distill.twinflow import TwinFlowConfig
 from gendistill.distill.phased_dmd import PhasedDMDConfig
 from gendistill.distill.flash_dmd import FlashDMDConfig
@@ -83,11 +84,12 @@ class DistillConfig:
     teacher: str = "shapes-teacher"
     """Diffusers folder, shipped model (shapes-teacher) or hub id of the teacher."""
     recipe: (DMD2Config | LCMConfig | ProgressiveConfig | FineTuneConfig | FlashDMDConfig | PhasedDMDConfig | BOOTConfig
-             | MeanFlowConfig | TwinFlowConfig | KoalaConfig) = field(
+             | MeanFlowConfig | TwinFlowConfig | KoalaConfig | MultiCFGConfig) = field(
         default_factory=lambda: DMD2Config(guidance_scale=2.0, fake_updates=5, student_steps=1))
     """The recipe; ``kind:`` picks dmd2, lcm, progressive, finetune (plain diffusion fine-tuning), flash_dmd,
     phased_dmd, meanflow (a flow-matching teacher's any-step MeanFlow student), twinflow (one self-adversarial
-    network, no teacher), boot (data-free, 1 step) or koala (a UNet with fewer blocks, same steps)."""
+    network, no teacher), boot (data-free, 1 step), koala (a UNet with fewer blocks, same steps) or multi_cfg
+    (prompt and negative-prompt guidance folded into one pass, FADA)."""
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
         steps=400, ema_decay=0.99, checkpoint_every=100, eval_every=100,
         optimizers={"generator": OptimizerConfig(lr=1e-4, warmup_steps=20),
