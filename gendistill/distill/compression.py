@@ -103,7 +103,11 @@ def _drop_attention(config: dict, stage: str) -> None:
         raise UserError(f"{where} names {stage!r}; allowed: down_blocks.i or up_blocks.i with i < "
                         f"{len(config['down_block_types'])}")
     types = list(config[key])
-    types[int(index)] = PLAIN_BLOCK.get(types[int(index)], types[int(index)])
+    block = types[int(index)]
+    if block not in PLAIN_BLOCK and block not in PLAIN_BLOCK.values():
+        raise UserError(f"{where}: {stage} is a {block}, whose attention cannot be removed; allowed: stages of "
+                        f"{', '.join(PLAIN_BLOCK)}")
+    types[int(index)] = PLAIN_BLOCK.get(block, block)
     config[key] = types
 
 

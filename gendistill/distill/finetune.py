@@ -20,10 +20,9 @@ from torch import nn
 from gendistill.backends.lora import lora_student, mark_only_lora_trainable
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import check_config
-from gendistill.diffusion.denoiser import TextCondition
 from gendistill.diffusion.losses import denoising_loss
 from gendistill.distill.export import StudentSampling
-from gendistill.distill.models import DistillBatch, TeacherStudent
+from gendistill.distill.models import DistillBatch, TeacherStudent, noised_real_latents
 from gendistill.distill.recipes import BoundRecipe
 from gendistill.errors import check_choice, check_range, key_path
 from gendistill.recipe import Loss, Phase, Update
@@ -88,27 +87,7 @@ class FineTuneRecipe:
         pass
 
     def loss(self, batch: DistillBatch, phase: str, step: int, generator: torch.Generator) -> Loss:
-        if batch.latents is None:
-            raise ValueError("fine-tuning trains on real latents: set data.with_latents")
-        x0 = batch.latents
-        n, sigmas = x0.shape[0], self.models.train_sigmas
-        t = torch.randint(0, len(sigmas), (n,), generator=generator)
-        sigma = sigmas[t].to(device=x0.device, dtype=x0.dtype)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        drop = torch.rand(n, generator=generator) < self.config.uncond_prob
-        cond = mix_rows(batch.cond, batch.uncond, drop.to(x0.device))
-        total = denoising_loss(self.models.student(), x0, sigma, eps, cond, self.config.weighting,
+        data = noised_real_latents(self.models, batch, self.config.uncond_prob, generator, "fine-tuning")
+        total = denoising_loss(self.models.student(), data.x0, data.sigma, data.eps, data.cond, self.config.weighting,
                                self.config.snr_gamma)
         return Loss(total, {"mse": total.detach().item()})
-
-
-def mix_rows(cond: TextCondition, uncond: TextCondition, use_uncond: torch.Tensor) -> TextCondition:
-    """``cond`` with the rows where ``use_uncond`` is set taken from ``uncond``."""
-    def pick(a, b):
-        if a is None:
-            return None
-        mask = use_uncond.view(-1, *([1] * (a.ndim - 1)))
-        return torch.where(mask, b.to(a.dtype), a)
-
-    return TextCondition(pick(cond.embeds, uncond.embeds), pick(cond.pooled, uncond.pooled),
-                         pick(cond.time_ids, uncond.time_ids))

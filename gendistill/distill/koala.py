@@ -30,13 +30,11 @@ from torch import nn
 
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import check_config
-from gendistill.diffusion.denoiser import expand_sigma
 from gendistill.diffusion.losses import loss_weights, weighted_mse
 from gendistill.distill.compression import StudentArchitecture, compressed_unet
 from gendistill.distill.export import StudentSampling
 from gendistill.distill.features import FEATURE_SITES, FeatureSite, FeatureTap, feature_loss, feature_sites
-from gendistill.distill.finetune import mix_rows
-from gendistill.distill.models import DistillBatch, TeacherStudent
+from gendistill.distill.models import DistillBatch, TeacherStudent, noised_real_latents
 from gendistill.distill.recipes import BoundRecipe
 from gendistill.errors import check_choice, check_range, key_path
 from gendistill.recipe import Loss, Phase, Update
@@ -117,15 +115,8 @@ class KoalaRecipe:
         pass
 
     def loss(self, batch: DistillBatch, phase: str, step: int, generator: torch.Generator) -> Loss:
-        if batch.latents is None:
-            raise ValueError("KOALA's task loss trains on real latents: set data.with_latents")
-        x0 = batch.latents
-        n, sigmas = x0.shape[0], self.models.train_sigmas
-        sigma = sigmas[torch.randint(0, len(sigmas), (n,), generator=generator)].to(x0.device, x0.dtype)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        drop = torch.rand(n, generator=generator) < self.config.uncond_prob
-        cond = mix_rows(batch.cond, batch.uncond, drop.to(x0.device))
-        x = x0 + expand_sigma(sigma, x0) * eps
+        data = noised_real_latents(self.models, batch, self.config.uncond_prob, generator, "KOALA's task loss")
+        x0, sigma, cond, x = data.x0, data.sigma, data.cond, data.x
         with torch.no_grad(), self.teacher_tap.reading() as teacher_features:
             teacher_x0 = self.models.teacher()(x, sigma, cond)
         with self.student_tap.reading() as student_features:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from gendistill.backends.text_to_image import Boundary, TextToImageModel
-from gendistill.diffusion.denoiser import TextCondition
+from gendistill.diffusion.denoiser import TextCondition, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.errors import UserError
 
@@ -85,6 +85,48 @@ class TeacherStudent:
     def noise(self, batch_size: int, generator: torch.Generator, device=None) -> Tensor:
         """Standard normal latents of the student's shape, drawn from ``generator``."""
         return torch.randn((batch_size, *self.latent_shape), generator=generator, device=device)
+
+
+@dataclass
+class NoisedLatents:
+    """Real latents noised at random training timesteps, with each row's condition (some on the empty prompt)."""
+
+    x0: Tensor
+    sigma: Tensor
+    """(B,)"""
+    eps: Tensor
+    cond: TextCondition
+
+    @property
+    def x(self) -> Tensor:
+        return self.x0 + expand_sigma(self.sigma, self.x0) * self.eps
+
+
+def noised_real_latents(models: TeacherStudent, batch: DistillBatch, uncond_prob: float, generator: torch.Generator,
+                        recipe: str) -> NoisedLatents:
+    """Draw, in this order, a training timestep per row, the noise, and which rows use the empty prompt
+    (probability ``uncond_prob``); ``recipe`` names who needs the latents in the error without them."""
+    if batch.latents is None:
+        raise ValueError(f"{recipe} trains on real latents: set data.with_latents")
+    x0 = batch.latents
+    n, sigmas = x0.shape[0], models.train_sigmas
+    t = torch.randint(0, len(sigmas), (n,), generator=generator)
+    sigma = sigmas[t].to(device=x0.device, dtype=x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    drop = torch.rand(n, generator=generator) < uncond_prob
+    return NoisedLatents(x0, sigma, eps, mix_rows(batch.cond, batch.uncond, drop.to(x0.device)))
+
+
+def mix_rows(cond: TextCondition, uncond: TextCondition, use_uncond: torch.Tensor) -> TextCondition:
+    """``cond`` with the rows where ``use_uncond`` is set taken from ``uncond``."""
+    def pick(a, b):
+        if a is None:
+            return None
+        mask = use_uncond.view(-1, *([1] * (a.ndim - 1)))
+        return torch.where(mask, b.to(a.dtype), a)
+
+    return TextCondition(pick(cond.embeds, uncond.embeds), pick(cond.pooled, uncond.pooled),
+                         pick(cond.time_ids, uncond.time_ids))
 
 
 def load_student_weights(unet: nn.Module, folder: str) -> None:
