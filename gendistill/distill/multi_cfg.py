@@ -60,6 +60,8 @@ class MultiCFGConfig:
     """[low, high] of the prompt guidance scale w_c drawn per row (diffusers' convention, 1: none)."""
     negative_scale_range: list[float] = field(default_factory=lambda: [0.0, 2.0])
     """[low, high] of the negative guidance scale w_n drawn per row (0: none)."""
+    zero_negative_scale_prob: float = 0.25
+    """Share of rows with w_n = 0 exactly: the student learns to ignore a negative it is not asked to use."""
     negative_prompts: list[str] | None = None
     """Negative prompts drawn per row; None: row i's negative is the batch's caption of row i + 1."""
     empty_negative_prob: float = 0.25
@@ -89,6 +91,7 @@ class MultiCFGConfig:
         if self.negative_prompts is not None and not self.negative_prompts:
             raise UserError(f"{key_path(path, 'negative_prompts')} is empty; give prompts or null (other captions)")
         check_range(key_path(path, "empty_negative_prob"), self.empty_negative_prob, 0.0, 1.0)
+        check_range(key_path(path, "zero_negative_scale_prob"), self.zero_negative_scale_prob, 0.0, 1.0)
         check_range(key_path(path, "teacher_weight"), self.teacher_weight, 0)
         check_range(key_path(path, "data_weight"), self.data_weight, 0)
         if self.teacher_weight + self.data_weight <= 0:
@@ -237,10 +240,11 @@ class MultiCFGRecipe:
         return ["" if e else negative for negative, e in zip(negatives, empty)]
 
     def draw_scales(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(w_c, w_n) per row, uniform in their ranges."""
+        """(w_c, w_n) per row, uniform in their ranges; w_n = 0 on a share ``zero_negative_scale_prob``."""
         (c_low, c_high), (n_low, n_high) = self.config.cond_scale_range, self.config.negative_scale_range
-        u = torch.rand(2, n, generator=generator)
-        return c_low + (c_high - c_low) * u[0], n_low + (n_high - n_low) * u[1]
+        u = torch.rand(3, n, generator=generator)
+        w_n = torch.where(u[2] < self.config.zero_negative_scale_prob, 0.0, n_low + (n_high - n_low) * u[1])
+        return c_low + (c_high - c_low) * u[0], w_n
 
     def teacher_negatives(self, negatives: list[str]) -> TextCondition:
         """The teacher's encoding of each negative prompt (its empty prompt for ""), cached per text."""

@@ -130,6 +130,7 @@ def test_negatives_are_the_next_caption_a_listed_prompt_or_empty(tiny_model):
     assert negative_text("") == NEGATIVE_TOKEN and negative_text("a b") == f"{NEGATIVE_TOKEN} a b"
     w_c, w_n = recipe.draw_scales(1000, torch.Generator().manual_seed(0))
     assert 1.0 <= w_c.min() and w_c.max() <= 4.0 and 0.0 <= w_n.min() and w_n.max() <= 2.0
+    assert 0.2 < (w_n == 0).float().mean() < 0.3  # zero_negative_scale_prob 0.25
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -138,6 +139,8 @@ def test_negatives_are_the_next_caption_a_listed_prompt_or_empty(tiny_model):
     ({"negative_scale_range": [-1.0, 1.0]}, "recipe.negative_scale_range[0]"),
     ({"negative_prompts": []}, "recipe.negative_prompts"),
     ({"empty_negative_prob": 1.5}, "recipe.empty_negative_prob"),
+    ({"zero_negative_scale_prob": -0.1}, "recipe.zero_negative_scale_prob"),
+    ({"token_lr": -1e-3}, "recipe.token_lr"),
     ({"data_weight": -1.0}, "recipe.data_weight"),
     ({"teacher_weight": 0.0, "data_weight": 0.0}, "recipe.teacher_weight"),
     ({"weighting": "snr"}, "recipe.weighting"),
@@ -156,3 +159,15 @@ def test_sdxl_and_missing_latents_end_in_user_errors(tiny_model):
     batch.latents = None
     with pytest.raises(UserError, match="with_latents"):
         recipe.loss(batch, "student", 0, torch.Generator())
+
+
+def test_preset_loads_and_a_bad_override_names_the_key():
+    from pathlib import Path
+
+    from gendistill.config import load_config
+    from gendistill.jobs.distill.config import DistillConfig
+
+    preset = Path(__file__).parents[2] / "configs" / "distill" / "shapes-multi-cfg.yaml"
+    assert isinstance(load_config(DistillConfig, preset).recipe, MultiCFGConfig)
+    with pytest.raises(UserError, match=r"recipe\.empty_negative_prob"):
+        load_config(DistillConfig, preset, ["recipe.empty_negative_prob=2"])
