@@ -1,6 +1,7 @@
 """DMD2's GAN term: a small classifier on the fake-score UNet's bottleneck features.
 
-DMD2 (Yin et al. 2024, §4.3) puts a classifier head on the fake-score network's mid-block output and
+DMD2 (Yin et al. 2024, §4.3) puts a classifier head on the fake-score network's mid-block output (a UNet
+without a mid block, e.g. a KOALA student turned teacher: its last down block's output) and
 trains it, together with that network, to tell noised real latents from noised generator samples; the
 generator then gets the non-saturating GAN loss through the same features. The features are read with a
 forward hook that lives only for one call, so the fake-score network stays a plain UNet that ``VPDenoiser``
@@ -47,19 +48,29 @@ def bottleneck_channels(unet: nn.Module) -> int:
     return int(unet.config.block_out_channels[-1])
 
 
+def bottleneck_module(unet: nn.Module) -> nn.Module:
+    """The module whose output is the UNet's bottleneck: its mid block, or its last down block when it has
+    none (a compressed KOALA / BK-SDM UNet); both have the last ``block_out_channels``."""
+    return unet.mid_block if unet.mid_block is not None else unet.down_blocks[-1]
+
+
 def bottleneck_features(unet: nn.Module, run) -> Tensor:
-    """Run ``run()`` (a call that drives ``unet``) and return the output of ``unet.mid_block``.
+    """Run ``run()`` (a call that drives ``unet``) and return the output of its bottleneck module.
 
     The hook is removed before returning, so ordinary calls of the UNet keep no features (and no graph).
     """
     captured: list[Tensor] = []
-    handle = unet.mid_block.register_forward_hook(lambda module, args, output: captured.append(output))
+
+    def keep(module, args, output):  # a down block returns (hidden states, skip connections)
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = bottleneck_module(unet).register_forward_hook(keep)
     try:
         run()
     finally:
         handle.remove()
     if len(captured) != 1:
-        raise RuntimeError(f"expected one mid-block call, saw {len(captured)}")
+        raise RuntimeError(f"expected one bottleneck call, saw {len(captured)}")
     return captured[0]
 
 

@@ -157,3 +157,12 @@ def test_the_loss_trains_only_the_compressed_student(site):
     assert all(p.grad is None for p in recipe.models.teacher_unet.parameters())
     trained = [p for p in recipe.phases()[0].parameters if p.grad is not None and p.grad.abs().sum() > 0]
     assert len(trained) > 0.9 * len(recipe.phases()[0].parameters)
+
+
+def test_dmd2_gan_features_of_a_unet_without_mid_block_come_from_its_last_down_block():
+    """A compressed student can be a DMD2 teacher with the GAN term (compress, then step-distil)."""
+    from gendistill.distill.dmd_gan import bottleneck_channels, bottleneck_features
+
+    student, _ = compressed_unet(three_stage_unet(), StudentArchitecture(remove_mid_block=True))
+    features = bottleneck_features(student, lambda: run(student))
+    assert features.shape == (2, bottleneck_channels(student), 2, 2) and not student.down_blocks[-1]._forward_hooks
