@@ -7,7 +7,7 @@ Trains the ``shapes-koala`` preset's compressed student once per feature site (s
 whole-block outputs as BK-SDM, cross-attention outputs, or output distillation only), each for the same number
 of steps from the same seed and data (equal training time; each run's wall-clock is reported), then samples
 every student and the teacher at 25 steps on the same prompts and seeds. A run folder that already holds a
-finished student is measured, not retrained. Writes koala_sites.json and koala_sites.md.
+finished student is measured, not retrained. Writes koala_sites_STEPS.json and koala_sites_STEPS.md.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ def main(argv=None) -> int:
     rows = measure(trained, args.num_samples)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "koala_sites.json").write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2))
+    (out / f"koala_sites_{args.steps}.json").write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2))
     lines = [f"Compressed shapes student (`shapes-koala` preset), {args.steps} training steps per site, "
              f"{args.num_samples} images a row at 25 steps, guidance 2, one run.", "",
              "| feature site | train s | prompt acc | FID | diversity | ms/image |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['site']} | {r['train_seconds']:.0f} | {r['prompt_accuracy']:.4f} | {r['fid']:.4f} | "
               f"{r['diversity']:.4f} | {r['ms_per_image']:.1f} |" for r in rows]
-    (out / "koala_sites.md").write_text("\n".join(lines) + "\n")
+    (out / f"koala_sites_{args.steps}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
