@@ -2,13 +2,14 @@
 
     python benchmarks/step_distillation.py [--num-samples 160] [--out benchmarks/results] [--student DIR ...]
 
-Two families: the VP teacher (``assets/shapes-teacher``, 50/8/4/2/1 steps) with the UNet students, and the
+Two families: the VP teacher (``assets/shapes-teacher``, 50/25/8/4/2/1 steps) with the UNet students, and the
 flow-matching teacher (``assets/shapes-flow-teacher``, 28/8/4/2/1 steps, when shipped) with the flow students.
 Each student is measured at 1/2/4 steps plus a hybrid row (its teacher takes the first step); a compressed
-student (KOALA: a smaller UNet sampled like its teacher) at the teacher's 50 and 25 steps and guidance. Writes
-step_distillation.json and step_distillation.md (prompt accuracy, FID, diversity, NFE, ms per image, each
-student's training wall-clock, its network's parameters against the teacher's, and its speed-up per image over
-the teacher at the teacher's default steps, or at the same steps for a compressed student). Everything is measured in one run on one machine, so the ratios between rows are what to read.
+student (KOALA: a smaller UNet sampled like its teacher) and a multi-CFG student (guidance in one pass) at the
+teacher's 50 and 25 steps and guidance. Writes step_distillation.json and step_distillation.md (prompt accuracy,
+FID, diversity, NFE, ms per image, each student's training wall-clock, its network's parameters against the
+teacher's, and its speed-up per image over the teacher at the teacher's default steps, or at the same steps for
+those two). Everything is measured in one run on one machine, so the ratios between rows are what to read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "gendistill" / "assets"
-STUDENT_PATTERNS = ("shapes-*step*", "shapes-meanflow*", "shapes-twinflow*", "shapes-boot*", "shapes-koala*")
+STUDENT_PATTERNS = ("shapes-*step*", "shapes-meanflow*", "shapes-twinflow*", "shapes-boot*", "shapes-koala*",
+                    "shapes-multi-cfg*")
+SAME_STEPS_RECIPES = ("koala", "multi_cfg")
+"""Students that save per-step cost, not steps: a smaller UNet (KOALA), one pass for all guidance (multi-CFG)."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,15 @@ def measure_family(family: Family, students: list[Path], evaluator, num_samples:
             continue
         meta = json.loads((folder / "gendistill.json").read_text()) if (folder / "gendistill.json").is_file() else {}
         name = folder.name if folder.name != "pipeline" else folder.parent.name  # a run's DIR/pipeline
-        if meta.get("recipe") == "koala":
-            own = measure_compressed(name, student, family, rows, evaluator, num_samples)
+        same_steps = meta.get("recipe") in SAME_STEPS_RECIPES
+        if same_steps:
+            own = measure_same_steps(name, student, family, rows, evaluator, num_samples)
         else:
             own = measure_few_step(name, student, folder, meta, teacher, evaluator, num_samples)
         results["students"][name] = {"teacher": family.label, "train_seconds": meta.get("train_seconds"),
                                      "parameters": parameters(student), "rows": [asdict(r) for r in own]}
         labelled += [(name, r) for r in own]
-        teacher_row = next(r for r in rows if r.steps == own[0].steps) if meta.get("recipe") == "koala" else rows[0]
+        teacher_row = next(r for r in rows if r.steps == own[0].steps) if same_steps else rows[0]
         speedup = teacher_row.ms_per_image / own[0].ms_per_image
         fewer = 1 - parameters(student) / parameters(teacher)
         notes.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s; {parameters(student):,} network "
@@ -118,8 +123,8 @@ def measure_few_step(name: str, student, folder: Path, meta: dict, teacher, eval
     return own
 
 
-def measure_compressed(name: str, student, family: Family, teacher_rows: list, evaluator, num_samples: int) -> list:
-    """A compressed student at its teacher's step counts and guidance above 8 steps (50 and 25)."""
+def measure_same_steps(name: str, student, family: Family, teacher_rows: list, evaluator, num_samples: int) -> list:
+    """A student that keeps its teacher's steps, at the teacher's step counts and guidance above 8 (50 and 25)."""
     from gendistill.domains.shapes.evaluation import evaluate_model
 
     return [shown(name, evaluate_model(student, evaluator, row.steps, "auto", row.guidance, num_samples))
