@@ -141,8 +141,8 @@ def main(argv=None) -> int:
     from gendistill.domains.shapes import caption
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="runs/multi-cfg/pipeline",
-                        help="the student folder (a shapes-multi-cfg run's pipeline/)")
+    parser.add_argument("--student", default="shapes-multi-cfg",
+                        help="the student folder (the shipped one, or a shapes-multi-cfg run's pipeline/)")
     parser.add_argument("--teacher", default="shapes-teacher")
     parser.add_argument("--num-prompts", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=20)

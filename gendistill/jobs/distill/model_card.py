@@ -64,9 +64,14 @@ def _usage(pipeline: Path, card: StudentCard) -> str:
             f"({note}):\n\n```python\nfrom diffusers import DiffusionPipeline\n"
             f"pipe = DiffusionPipeline.from_pretrained(\"{pipeline}\", safety_checker=None{_trust(pipeline)})\n"
             f"image = pipe(\"a red cube, front view\", num_inference_steps={card.steps}, "
-            f"guidance_scale={guidance:g}).images[0]\n```\n\n"
+            f"guidance_scale={guidance:g}{_negative_example(card)}).images[0]\n```\n\n"
             f"It takes up to {_count(card.max_steps, 'step')}; `gendistill generate --model {pipeline}` gives the same "
             f"images for the same seed.")
+
+
+def _negative_example(card: StudentCard) -> str:
+    """A multi-CFG student's negative prompt and scale in the usage line (still one network call a step)."""
+    return ', negative_prompt="a blue sphere", negative_guidance_scale=0.5' if card.recipe == "multi_cfg" else ""
 
 
 def _count(n: int, noun: str) -> str:
@@ -107,7 +112,7 @@ def _network_size(pipeline: Path, card: StudentCard) -> str:
 
     student = _unet_parameters(pipeline)
     teacher = _unet_parameters(Path(resolve_model_name(str(card.teacher))))
-    if student is None or teacher is None or student == teacher:
+    if student is None or teacher is None or student >= teacher:  # only a compressed student's size is news
         return ""
     return (f"## Size\n\nUNet parameters: {student:,}, against the teacher's {teacher:,} "
             f"({1 - student / teacher:.0%} fewer).")
