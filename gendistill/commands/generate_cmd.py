@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (euler/ddim only): 0 deterministic")
     p.add_argument("--guidance", type=float, default=7.5,
                    help="classifier-free guidance scale (>= 0); as in diffusers, <= 1 means conditional only")
+    p.add_argument("--negative-guidance", type=float, default=0.0,
+                   help="a multi-CFG student only (e.g. shapes-multi-cfg): the scale of --negative-prompt, applied "
+                        "in the same single network call as --guidance")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale in [0, 1]")
     p.add_argument("--karras", action="store_true",
                    help="Karras sigmas (auto: the scheduler's use_karras_sigmas; a note says when it has none)")
@@ -55,11 +58,13 @@ def run(args) -> int:
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
     from gendistill.backends.generation import GenerationRequest, generate, validate
+    from gendistill.errors import UserError
     from gendistill.render.images import make_grid, save_png
 
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, sampler=args.sampler,
-        eta=args.eta, guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
+        eta=args.eta, guidance=args.guidance, negative_guidance=args.negative_guidance,
+        guidance_rescale=args.guidance_rescale, seed=args.seed,
         num_images=args.num_images, karras=args.karras, base_steps=args.base_steps, base_guidance=args.base_guidance,
         scheduler=args.scheduler)
     validate(request, has_base=args.base_model is not None)  # before any loading
@@ -70,6 +75,9 @@ def run(args) -> int:
 
         apply_lora_file(pipe, args.lora, args.lora_scale)
     model = TextToImageModel(pipe)
+    if args.negative_guidance and model.negative_token is None:
+        raise UserError(f"--negative-guidance needs a multi-CFG student (e.g. shapes-multi-cfg); {args.model} has "
+                        "none: give the negative prompt alone, it replaces the empty prompt in guidance")
     base = TextToImageModel(load_pipeline(args.base_model, device=device)) if args.base_model else None
     result = generate(model, request, base, keep_targets=args.show_targets is not None)
     images = result.images

@@ -161,3 +161,16 @@ def test_notice_filters_keep_real_warnings():
     finally:
         logger.removeHandler(collect)
     assert collect.messages == ["something real went wrong"]
+
+
+def test_negative_guidance_runs_in_one_call_per_step_on_the_shipped_multi_cfg_student(sd_folder, tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    common = ["generate", "--model", "shapes-multi-cfg", "--prompt", "a red cube", "--negative-prompt",
+              "a blue sphere", "--steps", "2", "--num-images", "1", "--guidance", "2"]
+    code, out, _ = run(capsys, *common, "--negative-guidance", "1.5", "--out", str(a))
+    assert code == 0 and "NFE 2 per image" in out  # 2 steps, prompt and negative in one call each
+    assert run(capsys, *common, "--out", str(b))[0] == 0
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # the scale is used
+    code, _, err = run(capsys, "generate", "--model", str(sd_folder), "--prompt", "a red cube",
+                       "--negative-guidance", "1", "--out", str(tmp_path / "c.png"))
+    assert code == 2 and "needs a multi-CFG student" in err and len(err.strip().splitlines()) == 1
