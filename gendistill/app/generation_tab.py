@@ -42,6 +42,8 @@ class GenerationSettings:
     num_images: int
     diversity: bool
     teacher_steps: int
+    negative_guidance: float = 0.0
+    """A multi-CFG student's negative-prompt scale (same single pass); 0 for every other model."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Panel:
 
 
 def parse_settings(catalog: ModelCatalog, prompt, negative_prompt, model, steps, guidance, sampler, seed,
-                   num_images, diversity, teacher_steps) -> GenerationSettings:
+                   num_images, diversity, teacher_steps, negative_guidance=0.0) -> GenerationSettings:
     """Check every input; raises a one-line UserError for the first bad one."""
     settings = GenerationSettings(
         prompt=check_prompt(prompt),
@@ -65,7 +67,11 @@ def parse_settings(catalog: ModelCatalog, prompt, negative_prompt, model, steps,
         seed=check_number("seed", seed, 0, MAX_SEED, integer=True),
         num_images=check_number("number of images", num_images, 1, MAX_IMAGES, integer=True),
         diversity=check_flag("diversity", diversity),
-        teacher_steps=check_number("teacher steps", teacher_steps, 0, MAX_TEACHER_STEPS, integer=True))
+        teacher_steps=check_number("teacher steps", teacher_steps, 0, MAX_TEACHER_STEPS, integer=True),
+        negative_guidance=check_number("negative guidance", negative_guidance, 0, MAX_GUIDANCE))
+    if settings.negative_guidance > 0 and catalog.entry(model).recipe != "multi_cfg":
+        raise UserError(f"negative guidance needs a multi-CFG student (e.g. shapes-multi-cfg); {settings.model} "
+                        "uses the negative prompt in its ordinary guidance")
     if settings.diversity and catalog.teacher is None:
         raise UserError("the diversity toggle needs a teacher model; start the demo with --teacher DIR")
     if settings.diversity and settings.steps < 2:
@@ -117,7 +123,8 @@ def run_comparison(catalog: ModelCatalog, s: GenerationSettings, cache: TeacherC
     from gendistill.render.images import to_pil
 
     request = GenerationRequest(prompt=s.prompt, negative_prompt=s.negative_prompt, steps=s.steps,
-                                sampler=s.sampler, guidance=s.guidance, seed=s.seed, num_images=s.num_images)
+                                sampler=s.sampler, guidance=s.guidance, seed=s.seed, num_images=s.num_images,
+                                negative_guidance=s.negative_guidance)
     model = catalog.load(s.model)
     base = None
     if s.diversity:
@@ -149,10 +156,10 @@ def build_generation_tab(catalog: ModelCatalog) -> None:
     cache = TeacherCache()
 
     def handle(prompt, negative_prompt, model, steps, guidance, sampler, seed, num_images, diversity,
-               teacher_steps):
+               teacher_steps, negative_guidance=0.0):
         try:
             settings = parse_settings(catalog, prompt, negative_prompt, model, steps, guidance, sampler, seed,
-                                      num_images, diversity, teacher_steps)
+                                      num_images, diversity, teacher_steps, negative_guidance)
             for warning in settings_warnings(catalog, settings):
                 gr.Warning(warning)
             teacher_panel, model_panel = run_comparison(catalog, settings, cache)
@@ -163,10 +170,11 @@ def build_generation_tab(catalog: ModelCatalog) -> None:
     def on_model_change(name):
         chosen = catalog.entries.get(name)
         if chosen is None:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         steps = chosen.default_steps or (TEACHER_STEPS if not chosen.is_student else None)
         return (gr.update(value=min(steps, MAX_STEPS)) if steps else gr.update(),
-                gr.update(value=chosen.guidance) if chosen.guidance is not None else gr.update())
+                gr.update(value=chosen.guidance) if chosen.guidance is not None else gr.update(),
+                gr.update(visible=chosen.recipe == "multi_cfg", value=0.0))
 
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
@@ -180,6 +188,9 @@ def build_generation_tab(catalog: ModelCatalog) -> None:
                                   precision=0, label="Steps")
                 guidance = gr.Slider(0, MAX_GUIDANCE, value=(entry.guidance if entry else None) or 0.0, step=0.5,
                                      label="Guidance")
+            negative_guidance = gr.Slider(0, MAX_GUIDANCE, value=0.0, step=0.25, label="Negative guidance",
+                                          visible=bool(entry and entry.recipe == "multi_cfg"),
+                                          info="the negative prompt's scale, in the same single network call")
             with gr.Row():
                 sampler = gr.Dropdown(choices=list(SAMPLER_CHOICES), value="auto", label="Sampler",
                                       info="auto follows the model's own scheduler")
@@ -204,9 +215,11 @@ def build_generation_tab(catalog: ModelCatalog) -> None:
                     model_info = gr.Markdown("The chosen model's images appear here.", label="Model info",
                                              elem_id="gen-model-info")
 
-    inputs = [prompt, negative, model, steps, guidance, sampler, seed, num_images, diversity, teacher_steps]
+    inputs = [prompt, negative, model, steps, guidance, sampler, seed, num_images, diversity, teacher_steps,
+              negative_guidance]
     outputs = [teacher_gallery, teacher_info, model_gallery, model_info]
     # preprocess=False: the handler checks the raw values itself, so that every error names its input
     gr.on([run.click, prompt.submit], handle, inputs, outputs, api_name="generate", concurrency_id="compute",
           concurrency_limit=1, preprocess=False)
-    model.change(on_model_change, [model], [steps, guidance], api_visibility="private", queue=False)
+    model.change(on_model_change, [model], [steps, guidance, negative_guidance], api_visibility="private",
+                 queue=False)

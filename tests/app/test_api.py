@@ -89,6 +89,8 @@ def test_teacher_column_can_be_turned_off(client):
     (dict(model="../teacher"), "unknown model"),
     (dict(sampler="rk4"), "unknown sampler 'rk4'; choose one of: auto, euler"),
     (dict(diversity="yes"), "diversity must be true or false"),
+    (dict(negative_guidance=1.0), "negative guidance needs a multi-CFG student"),
+    (dict(negative_guidance=-1.0), r"negative guidance must be in \[0, 20\]"),
 ])
 def test_bad_inputs_come_back_as_errors(client, overrides, message):
     prompt = overrides.pop("prompt", "a red cube")
