@@ -103,9 +103,9 @@ def measure_family(family: Family, students: list[Path], evaluator, num_samples:
         labelled += [(name, r) for r in own]
         teacher_row = next(r for r in rows if r.steps == own[0].steps) if same_steps else rows[0]
         speedup = teacher_row.ms_per_image / own[0].ms_per_image
-        fewer = 1 - parameters(student) / parameters(teacher)
+        size = parameters(student) / parameters(teacher)
         notes.append(f"- {name}: trained in {meta.get('train_seconds', 'n/a')} s; {parameters(student):,} network "
-                     f"parameters ({fewer:.0%} fewer than the {family.label}'s); {own[0].steps}-step images "
+                     f"parameters ({size:.2f}x the {family.label}'s); {own[0].steps}-step images "
                      f"{speedup:.2f}x faster than the {family.label} at {teacher_row.steps} steps")
 
 
