@@ -16,7 +16,8 @@ def three_stage_unet(layers_per_block=2, transformer_layers_per_block=1, seed=0)
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
-        block_out_channels=(8, 16, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
         attention_head_dim=4, norm_num_groups=4, transformer_layers_per_block=transformer_layers_per_block).eval()
 
