@@ -115,3 +115,16 @@ def evaluate_model(model: TextToImageModel, evaluator: ShapesEvaluator, steps: i
     return ModelQuality(steps, label, guidance, base_steps, quality.prompt_accuracy, quality.shape_accuracy,
                         quality.colour_accuracy, quality.fid, quality.diversity, nfe, num_samples / seconds,
                         1000 * seconds / num_samples, num_samples)
+
+
+def judged_shapes(judge, images: torch.Tensor) -> torch.Tensor:
+    """The shape a zero-shot judge (``backends.zero_shot_judge.ZeroShotJudge``) reads in each image, as indices
+    into SHAPES: its lowest-error caption ("a red cube", "an orange cube", ...) over every colour (sketches and
+    stylised images have no colour of the world, so the colour is left to the judge)."""
+    from gendistill.domains.shapes.scene import SHAPES
+
+    scenes = all_scenes()
+    errors = judge.judge(images, [caption(s) for s in scenes]).errors
+    per_shape = torch.stack([errors[:, [i for i, s in enumerate(scenes) if s.shape == shape]].amin(dim=1)
+                             for shape in SHAPES], dim=1)
+    return per_shape.argmin(dim=1)
