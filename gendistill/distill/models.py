@@ -109,12 +109,19 @@ def noised_real_latents(models: TeacherStudent, batch: DistillBatch, uncond_prob
     if batch.latents is None:
         raise ValueError(f"{recipe} trains on real latents: set data.with_latents")
     x0 = batch.latents
-    n, sigmas = x0.shape[0], models.train_sigmas
-    t = torch.randint(0, len(sigmas), (n,), generator=generator)
+    sigma, eps = draw_sigma_and_noise(models, x0, generator)
+    drop = torch.rand(x0.shape[0], generator=generator) < uncond_prob
+    return NoisedLatents(x0, sigma, eps, mix_rows(batch.cond, batch.uncond, drop.to(x0.device)))
+
+
+def draw_sigma_and_noise(models: TeacherStudent, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A uniform training timestep's sigma per row of ``x0`` (B,), then standard normal noise like ``x0``; both
+    on ``x0``'s device and dtype, drawn in that order from ``generator``."""
+    sigmas = models.train_sigmas
+    t = torch.randint(0, len(sigmas), (x0.shape[0],), generator=generator)
     sigma = sigmas[t].to(device=x0.device, dtype=x0.dtype)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    drop = torch.rand(n, generator=generator) < uncond_prob
-    return NoisedLatents(x0, sigma, eps, mix_rows(batch.cond, batch.uncond, drop.to(x0.device)))
+    return sigma, eps
 
 
 def mix_rows(cond: TextCondition, uncond: TextCondition, use_uncond: torch.Tensor) -> TextCondition:

@@ -41,7 +41,7 @@ from gendistill.diffusion.denoiser import TextCondition, expand_sigma
 from gendistill.diffusion.losses import loss_weights, weighted_mse
 from gendistill.distill.consistency import guidance_student
 from gendistill.distill.export import StudentSampling
-from gendistill.distill.models import DistillBatch, TeacherStudent
+from gendistill.distill.models import DistillBatch, TeacherStudent, draw_sigma_and_noise
 from gendistill.distill.recipes import BoundRecipe
 from gendistill.errors import UserError, check_choice, check_range, key_path
 from gendistill.recipe import Loss, ParamGroup, Phase, Update
@@ -210,10 +210,8 @@ class MultiCFGRecipe:
             raise ValueError(f"unknown phase {phase!r}; multi_cfg has one phase, student")
         if batch.latents is None:
             raise UserError("multi_cfg distillation noises real latents: set data.with_latents: true")
-        x0 = batch.latents
-        n, sigmas = x0.shape[0], self.models.train_sigmas
-        sigma = sigmas[torch.randint(0, len(sigmas), (n,), generator=generator)].to(device=x0.device, dtype=x0.dtype)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        x0, n = batch.latents, batch.latents.shape[0]
+        sigma, eps = draw_sigma_and_noise(self.models, x0, generator)
         x = x0 + expand_sigma(sigma, x0) * eps
         negatives = self.draw_negatives(batch.prompts, generator)
         w_c, w_n = self.draw_scales(n, generator)

@@ -129,7 +129,7 @@ class StrokeScene(nn.Module):
     def render_views(self, cameras: Cameras, background: Tensor) -> tuple[Tensor, Tensor]:
         rgb = self.draw(cameras.height, cameras.width, "box")
         count = len(cameras)
-        return rgb.expand(count, -1, -1, -1).clone(), torch.ones(count, 1, cameras.height, cameras.width)
+        return rgb.expand(count, -1, -1, -1).clone(), torch.ones_like(rgb[:1]).expand(count, -1, -1, -1).clone()
 
     def parameter_groups(self) -> tuple[ParamGroup, ...]:
         lr = self.config.lr
