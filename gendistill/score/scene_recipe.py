@@ -80,13 +80,15 @@ class SceneDistillationRecipe:
 
     def _scene_loss(self, views: Views, step: int, generator: torch.Generator) -> Loss:
         render = self.scene.render(views.cameras, self.background, generator)
-        if self.priors.grad_blur_px > 0 and render.rgb.requires_grad:
-            render.rgb.register_hook(lambda grad: gaussian_blur(grad, self.priors.grad_blur_px))
+        latents = getattr(render, "latents", None)  # a latent scene: the guidance reads its latents as they are
+        images = render.rgb if latents is None else latents
+        if self.priors.grad_blur_px > 0 and latents is None and images.requires_grad:
+            images.register_hook(lambda grad: gaussian_blur(grad, self.priors.grad_blur_px))
         self.scene.before_backward(step, render, views.cameras)
-        out = self.guidance.gradient(render.rgb, views.prompts, step, self.total_steps, generator,
+        out = self.guidance.gradient(images, views.prompts, step, self.total_steps, generator,
                                      views.camera_features)
         total = out.loss
-        if self.priors.tv_weight > 0:
+        if self.priors.tv_weight > 0 and latents is None:
             total = total + self.priors.tv_weight * surface_total_variation(render.rgb, render.alpha, self.background)
         own = self.scene.regularisation(render, step)
         if own is not None:

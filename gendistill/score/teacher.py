@@ -70,7 +70,15 @@ class Teacher:
         return len(self.train_sigmas)
 
     def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] through the VAE (:func:`encode_with_grad`); a tensor of the model's
+        latent shape (B, C, h, w), a latent scene's render, is already latents and passes as it is."""
+        if self.is_latents(images):
+            return images.float()
         return encode_with_grad(self.model, images)
+
+    def is_latents(self, x: Tensor) -> bool:
+        """Whether ``x`` has the model's latent shape (channels and size), not an image's."""
+        return x.ndim == 4 and tuple(x.shape[1:]) == tuple(self.model.latent_shape(1)[1:])
 
     def conditions(self, prompts: Sequence[str]) -> TextCondition:
         """The prompts' conditions, one row each."""
