@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gendistill.errors import UserError, check_range, key_path
+from gendistill.errors import UserError, check_choice, check_range, key_path
 from gendistill.recipe import ParamGroup, Update
 from gendistill.render.cameras import Cameras
 from gendistill.render.strokes import Edge, Strokes, rasterize_strokes, strokes_to_svg
@@ -49,6 +50,9 @@ class StrokeSceneConfig:
     """Initial stroke length as a fraction of the canvas (its four points within this of its start)."""
     learn_colour: bool = False
     """False: black strokes (DiffSketcher's default); true: colours and opacities are learnt too."""
+    init_colour: Literal["black", "random"] = "black"
+    """Initial stroke colour: opaque black, or a random RGB and opacity in [0.5, 1] per stroke (DiffSketcher's
+    start when colours are learnt)."""
     samples: int = 32
     """Points per curve in the rasterizer."""
     softness: float = 0.5
@@ -66,14 +70,22 @@ class StrokeSceneConfig:
         check_range(key_path(path, "segment"), self.segment, 0.0, 1.0)
         check_range(key_path(path, "samples"), self.samples, 2)
         check_range(key_path(path, "softness"), self.softness, 1e-3)
+        check_choice(key_path(path, "init_colour"), self.init_colour, ("black", "random"))
 
-    def build(self, generator: torch.Generator, device: torch.device, total_steps: int = 0) -> StrokeScene:
-        """Random short strokes (start uniform on the canvas, the other points within ``segment`` of it)."""
+    def build(self, generator: torch.Generator, device: torch.device, total_steps: int = 0,
+              start_map: Tensor | None = None) -> StrokeScene:
+        """Random short strokes: each start uniform on the canvas, or, given ``start_map`` (a probability map
+        (h, w) over the canvas, e.g. DiffSketcher's attention init), in distinct pixels drawn from it without
+        replacement (uniform within the pixel); the other points within ``segment`` of the start."""
         n, size = self.num_strokes, float(self.canvas)
-        start = torch.rand(n, 1, 2, generator=generator) * size
+        start = (torch.rand(n, 1, 2, generator=generator) * size if start_map is None else
+                 starts_from_map(start_map, n, self.canvas, generator))
         offsets = (torch.rand(n, 3, 2, generator=generator) - 0.5) * (self.segment * size)
         points = torch.cat([start, (start + offsets).clamp(0, size)], dim=1)
         colours = torch.tensor([0.0, 0.0, 0.0, 1.0]).repeat(n, 1)
+        if self.init_colour == "random":
+            colours = torch.cat([torch.rand(n, 3, generator=generator),
+                                 0.5 + 0.5 * torch.rand(n, 1, generator=generator)], dim=1)
         strokes = Strokes(points, torch.full((n,), self.width), colours)
         return StrokeScene(strokes, self).to(device)
 
@@ -86,6 +98,26 @@ class StrokeSceneConfig:
             raise UserError(f"{run_dir} has no {PARAMS_FILE}: not a strokes run folder")
         p = load_file(str(path))
         return StrokeScene(Strokes(p["points"], p["widths"], p["colours"]), self)
+
+
+def starts_from_map(probabilities: Tensor, n: int, canvas: int, generator: torch.Generator) -> Tensor:
+    """``n`` start points (n, 1, 2) in canvas pixels: distinct pixels of ``probabilities`` (h, w; resized to the
+    canvas when its size differs, bilinear) drawn without replacement, then uniform within each pixel. Where
+    fewer than ``n`` pixels have mass, the rest are drawn uniformly."""
+    p = probabilities.detach().float().cpu().clamp(min=0)
+    if p.ndim != 2:
+        raise ValueError(f"the start map must be (h, w), got {tuple(p.shape)}")
+    if tuple(p.shape) != (canvas, canvas):
+        p = F.interpolate(p[None, None], (canvas, canvas), mode="bilinear", align_corners=False)[0, 0].clamp(min=0)
+    flat = p.flatten()
+    if flat.sum() <= 0:
+        flat = torch.ones_like(flat)
+    positive = int((flat > 0).sum())
+    if positive < n:
+        flat = flat + (flat.sum() / flat.numel()) * 1e-6
+    index = torch.multinomial(flat, n, replacement=False, generator=generator)
+    pixel = torch.stack([index % canvas, index // canvas], dim=1).float()
+    return (pixel + torch.rand(n, 2, generator=generator))[:, None]
 
 
 @dataclass
