@@ -140,17 +140,28 @@ class _Accumulator:
         return self.sums[kind] / self.counts[kind]
 
 
+@dataclass
+class RecordedAttention:
+    """A generation's attention probabilities of the text-conditioned half, averaged over heads, layers, steps."""
+
+    cross: Tensor
+    """(pixels, text tokens) at the cross-attention resolution; each row sums to 1."""
+    self_probs: Tensor | None
+    """(pixels, pixels) at the self-attention resolution (None when not recorded)."""
+    image: Tensor
+    """The generated image, (3, H, W) in [0, 1]."""
+
+
 @torch.no_grad()
-def attention_maps(model: TextToImageModel, prompt: str, config: AttentionInitConfig, seed: int = 0) -> AttentionMaps:
-    """Generate ``prompt`` once with the model's own sampler, recording its attention; the maps (see the
-    module docstring). Needs a UNet pipeline (the probabilities are read from diffusers' attention layers)."""
+def record_attention(model: TextToImageModel, prompt: str, config: AttentionInitConfig, seed: int = 0,
+                     with_self: bool = False) -> RecordedAttention:
+    """Generate ``prompt`` once with the model's own sampler (``config.steps``, CFG ``config.guidance``), keeping
+    the mean attention probabilities of the last network call of each step. Needs a UNet pipeline."""
     if model.family != "vp":
         raise UserError("the attention init reads a UNet's attention (Stable Diffusion-style); use the random init")
     unet, latent_side = model.network, model.latent_shape(1)[-1]
-    positions = token_positions(model.pipe.tokenizer, prompt, chosen_words(prompt, config.words))
     layers = layers_nearest(unet, "cross", config.resolution, latent_side)
-    use_self = config.attn_coeff < 1
-    if use_self:
+    if with_self:
         layers += layers_nearest(unet, "self", config.self_resolution, latent_side)
     request = GenerationRequest(prompt=prompt, steps=config.steps, guidance=config.guidance, seed=seed)
     sums, last = _Accumulator(1), None
@@ -160,12 +171,26 @@ def attention_maps(model: TextToImageModel, prompt: str, config: AttentionInitCo
             sums.add(access.records)
             access.records.clear()
     image = model.decode(run.latents(last))[0].float().cpu()
-    cross = _square(sums.mean("cross")[:, positions].mean(dim=1))
-    cross = normalise(cross)
-    self_map = _principal_map(sums.mean("self"), cross) if use_self else None
+    return RecordedAttention(sums.mean("cross").cpu(), sums.mean("self").cpu() if with_self else None, image)
+
+
+def fuse_maps(recorded: RecordedAttention, positions: list[int], attn_coeff: float = 1.0) -> AttentionMaps:
+    """DiffSketcher's map: the mean of the ``positions`` columns of the cross-attention, normalised; fused with
+    the self-attention's first principal component when ``attn_coeff < 1``."""
+    cross = normalise(_square(recorded.cross[:, positions].mean(dim=1)))
+    use_self = attn_coeff < 1 and recorded.self_probs is not None
+    self_map = _principal_map(recorded.self_probs, cross) if use_self else None
     fused = cross if self_map is None else normalise(
-        config.attn_coeff * cross + (1 - config.attn_coeff) * _resize(self_map, cross.shape[-1]))
-    return AttentionMaps(cross, fused, image, self_map)
+        attn_coeff * cross + (1 - attn_coeff) * _resize(self_map, cross.shape[-1]))
+    return AttentionMaps(cross, fused, recorded.image, self_map)
+
+
+def attention_maps(model: TextToImageModel, prompt: str, config: AttentionInitConfig, seed: int = 0) -> AttentionMaps:
+    """The maps of ``prompt``'s generation (see the module docstring): ``record_attention`` then ``fuse_maps``
+    on the tokens of ``config.words`` (default: the prompt's last word)."""
+    positions = token_positions(model.pipe.tokenizer, prompt, chosen_words(prompt, config.words))
+    recorded = record_attention(model, prompt, config, seed, with_self=config.attn_coeff < 1)
+    return fuse_maps(recorded, positions, config.attn_coeff)
 
 
 def _square(column: Tensor) -> Tensor:
