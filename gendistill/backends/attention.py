@@ -154,3 +154,20 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scal
         scores = scores + mask.float()
     probs = scores.softmax(dim=-1).to(query.dtype)
     return probs @ value, probs
+
+
+def layer_downsample(unet: nn.Module, name: str) -> int:
+    """How many times smaller than the latent the layer's feature map is (1, 2, 4, ...), read from its place in
+    a diffusers UNet: ``down_blocks.i`` works at 2**i, ``up_blocks.i`` at 2**(n-1-i), the mid block at 2**(n-1),
+    with n the number of down blocks (each but the last halves the resolution)."""
+    levels = len(unet.config.down_block_types)
+    block, _, rest = name.partition(".")
+    if block == "mid_block":
+        return 2 ** (levels - 1)
+    index = int(rest.partition(".")[0])
+    return 2 ** index if block == "down_blocks" else 2 ** (levels - 1 - index)
+
+
+def layers_at(unet: nn.Module, kind: AttentionKind, downsample: int) -> list[str]:
+    """The attention layers of ``kind`` whose feature map is ``downsample`` times smaller than the latent."""
+    return [n for n in attention_layers(unet, kind) if layer_downsample(unet, n) == downsample]

@@ -36,3 +36,20 @@ def save_png(image: Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil(image).save(path)
     return path
+
+
+def load_image(path: str | Path) -> Tensor:
+    """An image file as (3, H, W) in [0, 1] (transparency composited on white); a UserError for a missing or
+    unreadable file."""
+    from gendistill.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no image at {path}")
+    try:
+        with Image.open(path) as image:
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    except OSError as err:
+        raise UserError(f"cannot read {path} as an image ({err})") from None
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    return torch.from_numpy(np.ascontiguousarray(rgb * alpha + (1 - alpha))).permute(2, 0, 1).contiguous()

@@ -12,8 +12,8 @@ from gendistill.errors import UserError, check_range, key_path
 class OptimizerConfig:
     """Optimizer settings for one phase (every parameter group of the phase shares them, except the rate)."""
 
-    kind: Literal["adamw", "adam"] = "adamw"
-    """AdamW (decoupled weight decay) or Adam."""
+    kind: Literal["adamw", "adam", "sgd"] = "adamw"
+    """AdamW (decoupled weight decay), Adam, or plain SGD (no momentum: LUSD's step on normalised gradients)."""
     lr: float = 1e-4
     """Learning rate."""
     betas: tuple[float, ...] = (0.9, 0.999)

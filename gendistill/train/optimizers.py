@@ -21,6 +21,8 @@ def build_optimizers(phase: Phase, config: OptimizerConfig) -> dict[str, torch.o
 
 def _optimizer(parameters, lr: float, lr_final: float, config: OptimizerConfig) -> torch.optim.Optimizer:
     group = {"params": list(parameters), "lr": lr, "base_lr": lr, "lr_final": lr_final}
+    if config.kind == "sgd":
+        return torch.optim.SGD([group], lr=lr, weight_decay=config.weight_decay)
     kwargs = dict(lr=lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
     if config.kind == "adam":
         return torch.optim.Adam([group], **kwargs)

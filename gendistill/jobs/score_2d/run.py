@@ -69,8 +69,9 @@ def run_scene_2d(scene: Scene, guidance: ScoreGuidance, prompt: str, size: tuple
     (also of a stopped run) and its value is returned."""
     background = torch.ones(3, device=device)
     recipe = SceneDistillationRecipe(scene, guidance, background, config.iterations, ImagePriors())
-    optimizers = {"scene": OptimizerConfig(kind="adam", lr=1e-3, betas=tuple(getattr(scene.config, "betas",
-                                                                                      (0.9, 0.999))), eps=1e-15)}
+    own = getattr(scene, "config", None)  # a scene config may pick its optimizer (the latent scene: adam or sgd)
+    optimizers = {"scene": OptimizerConfig(kind=getattr(own, "optimizer", "adam"), lr=1e-3,
+                                           betas=tuple(getattr(own, "betas", (0.9, 0.999))), eps=1e-15)}
     optimizers.update({p.name: OptimizerConfig(kind="adam", lr=1e-3) for p in guidance.extra_phases()})
     trainer_config = TrainerConfig(steps=config.iterations, seed=seed, optimizers=optimizers, grad_clip=None,
                                    checkpoint_every=config.checkpoint_every, keep_checkpoints=1, log_every=1,

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from gendistill.errors import check_range, key_path
+from gendistill.errors import check_choice, check_range, key_path
 from gendistill.recipe import ParamGroup, Update
 from gendistill.render.cameras import Cameras
 
@@ -30,13 +30,16 @@ class LatentSceneConfig:
 
     KIND: ClassVar[str] = "latents"
 
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Adam, or plain SGD (LUSD: its gradient is already normalised to a scheduled size)."""
     lr: float = 0.05
-    """Adam's learning rate on the latents."""
+    """Learning rate on the latents."""
     betas: tuple[float, float] = (0.9, 0.99)
     """Adam's betas."""
 
     def check(self, path: str) -> None:
         check_range(key_path(path, "lr"), self.lr, 0.0)
+        check_choice(key_path(path, "optimizer"), self.optimizer, ("adam", "sgd"))
 
     def check_installed(self) -> None:
         """Nothing beyond the base install."""
