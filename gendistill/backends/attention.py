@@ -171,3 +171,14 @@ def layer_downsample(unet: nn.Module, name: str) -> int:
 def layers_at(unet: nn.Module, kind: AttentionKind, downsample: int) -> list[str]:
     """The attention layers of ``kind`` whose feature map is ``downsample`` times smaller than the latent."""
     return [n for n in attention_layers(unet, kind) if layer_downsample(unet, n) == downsample]
+
+
+def nearest_downsample(unet: nn.Module, kind: AttentionKind, wanted: int) -> int:
+    """The downsample factor of ``kind`` layers closest to ``wanted`` (in octaves; a tie goes to the finer map),
+    so a setting made for one UNet (SD 1.5's 4) still finds layers in another (a two-level UNet has 1 and 2)."""
+    import math
+
+    have = sorted({layer_downsample(unet, n) for n in attention_layers(unet, kind)})
+    if not have:
+        raise ValueError(f"the UNet has no {kind}-attention layers")
+    return min(have, key=lambda d: (abs(math.log2(d) - math.log2(wanted)), d))

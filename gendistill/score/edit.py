@@ -25,7 +25,7 @@ from typing import ClassVar, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from gendistill.backends.attention import AttentionAccess, layers_at
+from gendistill.backends.attention import AttentionAccess, layers_at, nearest_downsample
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import check_config
 from gendistill.diffusion.denoiser import TextCondition, expand_sigma
@@ -51,9 +51,11 @@ class EditMaskConfig:
     word: str = "auto"
     """The target prompt's word whose attention makes the mask; auto: the edited word (``edit_mask.edited_word``)."""
     cross_downsample: int = 4
-    """Cross-attention maps from the layers this many times smaller than the latent (SD 1.5: 16x16 of 64)."""
+    """Cross-attention maps from the layers this many times smaller than the latent (SD 1.5: 16x16 of 64); a
+    model without attention there uses its nearest resolution."""
     self_downsample: int = 2
-    """Self-attention maps from the layers this many times smaller than the latent (SD 1.5: 32x32 of 64)."""
+    """Self-attention maps from the layers this many times smaller than the latent (SD 1.5: 32x32 of 64), or the
+    nearest the model has."""
     momentum: float = 0.1
     """EMA weight of each step's new map (LUSD: 0.1)."""
     progressive: bool = True
@@ -173,26 +175,33 @@ class EditScore:
         word = self.config.mask.word
         return edited_word(self.source_prompt, target_prompt) if word == "auto" else word
 
+    def _mask_layers(self) -> tuple[list[str], list[str]]:
+        """The cross- and self-attention layers the mask reads: those at the configured resolutions, or the
+        nearest ones the model has."""
+        m, unet = self.config.mask, self.teacher.model.network
+        try:
+            cross = layers_at(unet, "cross", nearest_downsample(unet, "cross", m.cross_downsample))
+            selfs = layers_at(unet, "self", nearest_downsample(unet, "self", m.self_downsample))
+        except ValueError as err:
+            raise UserError(f"{err}: LUSD's mask needs attention (set method.mask.enabled=false)") from None
+        return cross, selfs
+
     def _access(self) -> AttentionAccess | None:
-        m = self.config.mask
-        if not m.enabled:
+        if not self.config.mask.enabled:
             return None
-        unet = self.teacher.model.network
-        layers = layers_at(unet, "cross", m.cross_downsample) + layers_at(unet, "self", m.self_downsample)
-        if not layers:
-            raise UserError(f"the model has no attention at mask.cross_downsample={m.cross_downsample} or "
-                            f"mask.self_downsample={m.self_downsample}")
-        return AttentionAccess(unet, kinds=("self", "cross"), record=("probs",), layers=layers)
+        cross, selfs = self._mask_layers()
+        return AttentionAccess(self.teacher.model.network, kinds=("self", "cross"), record=("probs",),
+                               layers=cross + selfs)
 
     def _new_mask(self, records: dict, target_prompt: str, n: int) -> Tensor:
-        m, unet = self.config.mask, self.teacher.model.network
         row = slice(TARGET_BLOCK * n, (TARGET_BLOCK + 1) * n)
         try:
             positions = token_positions(self.teacher.model.pipe.tokenizer, target_prompt, self.mask_word(target_prompt))
         except ValueError as err:
             raise UserError(f"{err}; set method.mask.word to a word of the target prompt") from None
-        cross = [records[k].probs[row] for k in layers_at(unet, "cross", m.cross_downsample)]
-        selfs = [records[k].probs[row] for k in layers_at(unet, "self", m.self_downsample)]
+        cross_layers, self_layers = self._mask_layers()
+        cross = [records[k].probs[row] for k in cross_layers]
+        selfs = [records[k].probs[row] for k in self_layers]
         spread = spread_by_self_attention(token_map(cross, positions), selfs)
         return normalised_mask(spread, tuple(self.state.mask.shape))[0, 0]
 

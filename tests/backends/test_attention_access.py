@@ -77,3 +77,14 @@ def test_swapping_in_a_reference_images_keys_and_values():
 def test_unknown_recordable_is_an_error():
     with pytest.raises(ValueError, match="cannot record"):
         AttentionAccess(tiny_sd_pipeline().unet, record=("maps",))
+
+
+def test_layer_resolutions_and_the_nearest_one():
+    from gendistill.backends.attention import layer_downsample, layers_at, nearest_downsample
+
+    unet = tiny_sd_pipeline().unet  # two levels: attention in down_blocks.0 / up_blocks.1 (1) and the mid block (2)
+    assert layer_downsample(unet, "down_blocks.0.attentions.0.transformer_blocks.0.attn2") == 1
+    assert layer_downsample(unet, "up_blocks.1.attentions.1.transformer_blocks.0.attn1") == 1
+    assert layer_downsample(unet, "mid_block.attentions.0.transformer_blocks.0.attn2") == 2
+    assert layers_at(unet, "cross", 2) == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    assert nearest_downsample(unet, "cross", 4) == 2 and nearest_downsample(unet, "self", 1) == 1

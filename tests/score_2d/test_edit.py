@@ -24,8 +24,7 @@ def tiny(tmp_path_factory):
 
 
 def tiny_config(tiny, preset=None, steps=2):
-    return load_edit_config(preset, [f"model={tiny}", f"run.iterations={steps}", "progress=false",
-                                     "method.mask.cross_downsample=2", "method.mask.self_downsample=1"])
+    return load_edit_config(preset, [f"model={tiny}", f"run.iterations={steps}", "progress=false"])
 
 
 def test_residual_output_keeps_the_original_where_nothing_changed():
@@ -73,8 +72,7 @@ def test_every_preset_runs_two_steps(tiny, tmp_path, preset):
 def test_cli_edits_and_refuses_bad_input(tiny, tmp_path, capsys):
     image = save_png(torch.rand(3, 16, 16), tmp_path / "in.png")
     args = ["edit", str(image), "--prompt", "a blue cube", "--source-prompt", "a red cube", "--model", str(tiny),
-            "--set", "run.iterations=1", "--set", "progress=false", "--set", "method.mask.cross_downsample=2",
-            "--set", "method.mask.self_downsample=1"]
+            "--set", "run.iterations=1", "--set", "progress=false"]
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "edited.png").is_file()
     assert main(["edit", str(tmp_path / "missing.png"), "--prompt", "x", "--out", str(tmp_path / "o2")]) == 2
