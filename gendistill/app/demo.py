@@ -1,4 +1,4 @@
-"""The gendistill demo: a Gradio app with a few-step generation tab and a text-to-3D tab.
+"""The gendistill demo: a Gradio app with a few-step generation tab, a text-to-3D tab and an image Edit tab.
 
 Safe to put in front of many users: one queue (one compute job at a time, a bounded waiting line), every
 input checked with a message in the page, model choices are server-side names (never paths), outputs live in
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from gendistill.app.edit_tab import build_edit_tab
 from gendistill.app.generation_tab import build_generation_tab
 from gendistill.app.models import ASSETS_DIR, ModelCatalog, Workspace, discover_models
 from gendistill.app.text_to_3d_jobs import Runner, Text3DJobs, start_text_to_3d
@@ -29,8 +30,9 @@ CSS = """
 .fill img { width: 100%; height: 100%; object-fit: contain; }
 """ + TEXT_TO_3D_CSS
 """Small images (the shapes world is 64x64) are shown enlarged, with sharp pixels; the 3D view's background."""
-INTRO = ("**gendistill**: few-step students distilled from a diffusion teacher (progressive, LCM, DMD2), and "
-         "text-to-3D by score distillation (SDS, VSD, CSD, NPG). Everything runs on this server's CPU or GPU.")
+INTRO = ("**gendistill**: few-step students distilled from a diffusion teacher (progressive, LCM, DMD2), "
+         "text-to-3D by score distillation (SDS, VSD, CSD, NPG), and image editing by score distillation (LUSD). "
+         "Everything runs on this server's CPU or GPU.")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ def build_demo(catalog: ModelCatalog, workspace: Workspace, runner: Runner = sta
                 build_generation_tab(catalog)
             with gr.Tab("Text to 3D", id="text_to_3d", elem_id="tab-text-to-3d"):
                 build_text_to_3d_tab(jobs)
+            with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
+                build_edit_tab(catalog, workspace)
 
         def leave(request: gr.Request):
             session = request.session_hash if request else None

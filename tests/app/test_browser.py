@@ -146,3 +146,21 @@ def test_closing_the_page_ends_its_run(page, demo_server):
     assert runner.running == 1
     page.get("about:blank")  # the page goes away without pressing Stop: the run must not hog the queue
     WebDriverWait(page, 40, poll_frequency=0.5).until(lambda _: runner.running == 0)
+
+
+def test_edit_tab_renders_a_shape_and_shows_before_and_after(page):
+    tab = next(b for b in page.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text == "Edit")
+    tab.click()
+    WebDriverWait(page, 30).until(ec.element_to_be_clickable((By.ID, "edit-use-render"))).click()
+    WebDriverWait(page, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-source img"))
+    type_into(page, "#edit-prompt", "a blue cube")
+    box = page.find_element(By.CSS_SELECTOR, "#edit-iterations input[type='number']")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("2", Keys.TAB)
+    page.find_element(By.ID, "edit-run").click()
+    wait_for_text(page, "edit-status", "Done", 120)
+    assert "a red cube" in page.find_element(By.CSS_SELECTOR, "#edit-source-prompt textarea").get_attribute("value")
+    for element in ("edit-before-after", "edit-edited", "edit-mask"):
+        assert page.find_elements(By.CSS_SELECTOR, f"#{element} img"), element
+    downloads = {a.get_attribute("download") for a in page.find_elements(By.CSS_SELECTOR, "#edit-files a[download]")}
+    assert {"edited.png", "before_after.png", "mask.png"} <= downloads
