@@ -1,7 +1,7 @@
 """Benchmark: ``gendistill sketch`` (DiffSketcher) on the shapes teacher, against a baseline in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/score_2d_sketch.py [--seeds 0 1 2] [--iterations 250] [--strokes 16]
-        [--arm NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results]
+        [--arm "NAME=KEY=VALUE;KEY=VALUE" ...] [--out benchmarks/results]
 
 For each arm, each of the five shapes ("a red sphere", "a red cube", ...) and each seed, one sketch is made with
 ``run_sketch`` on one thread; then:
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ARMS = ["diffsketcher=", "random+sds=init=random,method.kind=sds,method.guidance_scale=7.5,"
-                "method.timesteps.kind=range,method.timesteps.t_min=0.05,method.timesteps.t_max=0.95"]
+DEFAULT_ARMS = ["diffsketcher=", "random+sds=init=random;method.kind=sds;method.guidance_scale=7.5;"
+                "method.timesteps.kind=range;method.timesteps.t_min=0.05;method.timesteps.t_max=0.95"]
 
 
 def svg_psnr(svg: Path, png: Path) -> float:
@@ -48,7 +48,7 @@ def svg_psnr(svg: Path, png: Path) -> float:
 
 def parse_arm(text: str) -> tuple[str, list[str]]:
     name, _, sets = text.partition("=")
-    return name, [s for s in sets.split(",") if s]
+    return name, [s for s in sets.split(";") if s]
 
 
 def run_arm(name, overrides, args, model, judge, shapes) -> dict:
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="shapes-sketch")
     parser.add_argument("--model", default="shapes-teacher")
     parser.add_argument("--draws", type=int, default=16, help="the judge's noise draws")
-    parser.add_argument("--arm", action="append", default=None, help="NAME=KEY=VALUE,KEY=VALUE (repeatable)")
+    parser.add_argument("--arm", action="append", default=None, help="NAME=KEY=VALUE;KEY=VALUE (repeatable)")
     parser.add_argument("--name", default="score_2d_sketch")
     parser.add_argument("--keep", default=None, help="copy every sketch.png into this folder")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
