@@ -118,10 +118,10 @@ class EditScoreConfig:
 class MaskState(nn.Module):
     """The mask's EMA as a buffer, so a checkpoint holds it and a resumed run continues it."""
 
-    def __init__(self, shape: tuple[int, ...]):
+    def __init__(self, shape: tuple[int, ...], device: torch.device | None = None):
         super().__init__()
-        self.register_buffer("mask", torch.ones(shape))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("mask", torch.ones(shape, device=device))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool, device=device))
 
     def update(self, new: Tensor, momentum: float) -> Tensor:
         self.mask.copy_(new if not bool(self.seen) else (1 - momentum) * self.mask + momentum * new)
@@ -144,7 +144,7 @@ class EditScore:
         check_config(config, config.KIND)
         self.teacher, self.config = Teacher(model), config
         self.source_latents, self.source_prompt = source_latents.detach().float(), source_prompt
-        self.state = MaskState(tuple(source_latents.shape[-2:]))
+        self.state = MaskState(tuple(source_latents.shape[-2:]), source_latents.device)
         self._mask_word: str | None = None
 
     # --- the score terms ---------------------------------------------------------------------------------
