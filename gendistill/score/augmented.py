@@ -50,27 +50,34 @@ class AugmentedSDSConfig:
     """The augmentation applied before encoding."""
     copies: int = 1
     """Augmented copies of each render per step (DiffSketcher: 1), each with its own draws."""
+    probability: float = 1.0
+    """Chance that a step augments (torchvision's ``p``); the other steps score the render as it is (1: always,
+    and no draw is spent on the choice)."""
 
     def check(self, path: str) -> None:
         check_range(key_path(path, "copies"), self.copies, 1)
+        check_range(key_path(path, "probability"), self.probability, 0.0, 1.0)
 
     def build(self, model: TextToImageModel) -> AugmentedGuidance:
         """ASDS with ``model`` as the teacher."""
-        return AugmentedGuidance(self.sds.build(model), self.augment, self.copies)
+        return AugmentedGuidance(self.sds.build(model), self.augment, self.copies, self.probability)
 
 
 class AugmentedGuidance:
     """Any guidance, applied to augmented copies of the images (see the module docstring)."""
 
-    def __init__(self, inner: ScoreGuidance, config: AugmentConfig, copies: int = 1):
-        self.inner, self.config, self.copies = inner, config, copies
+    def __init__(self, inner: ScoreGuidance, config: AugmentConfig, copies: int = 1, probability: float = 1.0):
+        self.inner, self.config, self.copies, self.probability = inner, config, copies, probability
 
     def augmented(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """``copies`` augmented copies of each image, (copies * B, 3, H, W), copy-major; differentiable."""
         batch = images.repeat(self.copies, 1, 1, 1) if self.copies > 1 else images
         if is_identity(self.config):
             return batch
-        return augment(batch, self.config, _on_cpu(generator))
+        generator = _on_cpu(generator)
+        if self.probability < 1 and torch.rand((), generator=generator).item() >= self.probability:
+            return batch
+        return augment(batch, self.config, generator)
 
     def gradient(self, images: Tensor, prompts: Sequence[str], step: int, total_steps: int,
                  generator: torch.Generator, camera_features: Tensor | None = None) -> GuidanceOutput:

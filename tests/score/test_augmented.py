@@ -50,6 +50,21 @@ def test_the_augmentation_is_drawn_first_then_sds_on_the_copy(model):
     assert not torch.allclose(copy, images)
 
 
+def test_a_step_that_does_not_augment_scores_the_render_as_it_is(model):
+    sds = SDSConfig(guidance_scale=5.0)
+    images = _images(3)
+    generator = torch.Generator().manual_seed(5)
+    torch.rand((), generator=generator)  # the step's choice (augment or not) is drawn first
+    expected = sds.build(model).gradient(images, ["a red cube"] * 2, 0, 10, generator)
+    never = AugmentedSDSConfig(sds=sds, probability=0.0).build(model)
+    out = never.gradient(images, ["a red cube"] * 2, 0, 10, torch.Generator().manual_seed(5))
+    assert torch.equal(out.grad, expected.grad)
+    half = AugmentedSDSConfig(sds=sds, probability=0.5).build(model)
+    chosen = [half.augmented(images, torch.Generator().manual_seed(s)) for s in range(12)]
+    unchanged = sum(torch.equal(c, images) for c in chosen)
+    assert 0 < unchanged < 12
+
+
 def test_copies_each_get_their_own_draws_and_the_image_gets_their_mean(model):
     guidance = AugmentedSDSConfig(sds=SDSConfig(guidance_scale=5.0), copies=3).build(model)
     images = _images(2, batch=1).requires_grad_(True)
@@ -74,3 +89,5 @@ def test_gradients_reach_the_stroke_points(model):
 def test_bad_settings_are_user_errors():
     with pytest.raises(UserError, match="copies must be >= 1"):
         check_config(AugmentedSDSConfig(copies=0), "method")
+    with pytest.raises(UserError, match="probability must be in"):
+        check_config(AugmentedSDSConfig(probability=1.5), "method")
