@@ -1,6 +1,6 @@
 """Benchmark: ``gendistill sketch`` (DiffSketcher) on the shapes teacher, against a baseline in the same run.
 
-    OMP_NUM_THREADS=1 python benchmarks/score_2d_sketch.py [--seeds 0 1 2] [--iterations 250] [--strokes 16]
+    OMP_NUM_THREADS=1 python benchmarks/score_2d_sketch.py [--seeds 0 1 2] [--iterations 150] [--strokes 16]
         [--arm "NAME=KEY=VALUE;KEY=VALUE" ...] [--out benchmarks/results]
 
 For each arm, each of the five shapes ("a red sphere", "a red cube", ...) and each seed, one sketch is made with
@@ -11,8 +11,9 @@ For each arm, each of the five shapes ("a red sphere", "a red cube", ...) and ea
 - sketch.svg is re-rendered by cairosvg, an independent SVG renderer, and compared with sketch.png (PSNR);
 - the CPU seconds (``time.process_time``) and wall seconds of each sketch, attention init included.
 
-The default arms: ``diffsketcher`` (the shapes-sketch preset: attention init, ASDS) and ``random+sds``
-(uniform stroke starts, plain SDS), so that the accuracy and time come as ratios of one run.
+The default arms, on the shapes-sketch preset: ``attention+sds`` (the preset: DiffSketcher's attention init,
+plain SDS), ``attention+asds`` (DiffSketcher's augmented SDS, its own augmentation) and ``random+sds`` (uniform
+stroke starts), so that accuracy and time come as ratios of one run.
 Writes score_2d_sketch.json and .md.
 """
 
@@ -28,8 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ARMS = ["diffsketcher=", "random+sds=init=random;method.kind=sds;method.guidance_scale=7.5;"
-                "method.timesteps.kind=range;method.timesteps.t_min=0.05;method.timesteps.t_max=0.95"]
+DEFAULT_ARMS = ["attention+sds=", "attention+asds=method.kind=asds;method.sds.guidance_scale=7.5;"
+                "method.sds.timesteps.kind=range;method.sds.timesteps.t_min=0.05;method.sds.timesteps.t_max=0.95",
+                "random+sds=init=random"]
 
 
 def svg_psnr(svg: Path, png: Path) -> float:
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=250)
+    parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--strokes", type=int, default=16)
     parser.add_argument("--colour", default="red")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
