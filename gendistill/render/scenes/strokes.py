@@ -102,8 +102,9 @@ class StrokeSceneConfig:
 
 def starts_from_map(probabilities: Tensor, n: int, canvas: int, generator: torch.Generator) -> Tensor:
     """``n`` start points (n, 1, 2) in canvas pixels: distinct pixels of ``probabilities`` (h, w; resized to the
-    canvas when its size differs, bilinear) drawn without replacement, then uniform within each pixel. Where
-    fewer than ``n`` pixels have mass, the rest are drawn uniformly."""
+    canvas when its size differs, bilinear) drawn without replacement (with it when the canvas has fewer than
+    ``n`` pixels), then uniform within each pixel. Where fewer than ``n`` pixels have mass, the rest are drawn
+    almost uniformly."""
     p = probabilities.detach().float().cpu().clamp(min=0)
     if p.ndim != 2:
         raise ValueError(f"the start map must be (h, w), got {tuple(p.shape)}")
@@ -115,7 +116,7 @@ def starts_from_map(probabilities: Tensor, n: int, canvas: int, generator: torch
     positive = int((flat > 0).sum())
     if positive < n:
         flat = flat + (flat.sum() / flat.numel()) * 1e-6
-    index = torch.multinomial(flat, n, replacement=False, generator=generator)
+    index = torch.multinomial(flat, n, replacement=n > flat.numel(), generator=generator)
     pixel = torch.stack([index % canvas, index // canvas], dim=1).float()
     return (pixel + torch.rand(n, 2, generator=generator))[:, None]
 
