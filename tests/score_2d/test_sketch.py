@@ -119,3 +119,13 @@ def test_a_word_not_in_the_prompt_is_a_user_error(tiny, tmp_path, capsys):
     code = cli_main(["sketch", "a red cube", "--model", str(tiny), "--set", "attention.words=[cone]",
                      "--set", "progress=false", "--out", str(tmp_path)])
     assert code == 2 and "'cone' is not in the prompt" in capsys.readouterr().err
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny, tmp_path):
+    base = [f"model={tiny}", "run.checkpoint_every=1", *TINY]
+    straight = run_sketch("a red cube", load_sketch_config(None, [*base, "run.iterations=3"]), tmp_path / "a")
+    run_sketch("a red cube", load_sketch_config(None, [*base, "run.iterations=2"]), tmp_path / "b")
+    resumed = run_sketch("a red cube", load_sketch_config(None, [*base, "run.iterations=3"]), tmp_path / "b",
+                         resume=True)
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 3 and resumed.steps == 3
+    assert torch.allclose(resumed.scene.points.detach(), straight.scene.points.detach(), atol=1e-5)
