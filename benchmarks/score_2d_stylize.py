@@ -10,11 +10,14 @@ style come across?) and **shape accuracy** against the content's shape (did the 
 
 - ``attention distillation``: the shapes-stylize preset (L_AD + content loss);
 - ``content loss only``: the same run with ``loss.ad_weight=0`` (no attention loss);
+- ``attention distillation from AdaIN-initialised latents`` (``transfer.init=adain``: the content's latents with
+  the reference's channel means and stds), and the same start with the content loss alone;
 - ``SDS toward the caption``: prompt-only SDS (CFG 7.5) toward "a <reference colour> <content shape>", which is
   told in words what AD has to read from the reference image.
 
 A second table runs the text-to-image mode (no content): the content's caption sampled by DDIM (50 steps, CFG 7.5)
-with attention-distillation guidance toward the reference, against the same sampler without guidance.
+with attention-distillation guidance toward the reference (the preset's; with AdaIN; at the paper's step size),
+against the same sampler without guidance.
 CPU time per image is process time on one thread. Writes score_2d_stylize.json and .md.
 """
 
@@ -27,6 +30,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+TRANSFER_OVERRIDES = {"attention_distillation": [], "content_only": ["loss.ad_weight=0"],
+                      "ad_adain": ["transfer.init=adain"], "adain_content_only": ["transfer.init=adain",
+                                                                                  "loss.ad_weight=0"]}
+"""Each transfer method as overrides of the shapes-stylize preset (sds is built apart)."""
 
 
 def make_pairs(n: int):
@@ -71,8 +80,7 @@ def run_method(method: str, pair_paths, pairs, iterations: int, folder: Path):
         if method == "sds":
             image = sds_baseline(content_path, f"a {prompt}", iterations, folder / f"{method}_{i}")
         else:
-            extra = ["loss.ad_weight=0"] if method == "content_only" else []
-            config = load_stylize_config(preset, overrides + extra)
+            config = load_stylize_config(preset, overrides + TRANSFER_OVERRIDES[method])
             inputs = StylizeInputs(reference_path, f"a {prompt}", content_path)
             image = run_stylize(inputs, config, folder / f"{method}_{i}", progress=False).images[0]
         seconds += time.process_time() - start
@@ -124,8 +132,9 @@ def sampler_rows(pairs, pair_paths, steps: int):
 
     model = _model(TextToImageModel, load_pipeline)
     out = {}
-    for name, lr in (("guided", None), ("plain", 0.0)):
-        extra = [] if lr is None else [f"sample.guide.lr={lr}"]
+    variants = {"guided": [], "guided_adain": ["sample.guide.adain=true"],
+                "paper": ["sample.guide.lr=0.015", "sample.guide.steps=2"], "plain": ["sample.guide.lr=0"]}
+    for name, extra in variants.items():
         config = load_stylize_config(resolve_preset("shapes-stylize", "stylize"),
                                      ["device=cpu", f"sample.steps={steps}", *extra])
         images, start = [], time.process_time()
@@ -149,9 +158,13 @@ def scores(classifier, images, pairs) -> dict:
             "colour_accuracy_vs_content": colour_accuracy(outputs, [c for c, _, _, _ in pairs])}
 
 
-LABELS = {"attention_distillation": "attention distillation (L_AD + 0.5 L_c)",
-          "content_only": "content loss only (no attention loss)", "sds": "SDS toward the caption (prompt only)",
-          "guided": "DDIM + AD guidance", "plain": "DDIM, no guidance"}
+LABELS = {"attention_distillation": "attention distillation (shapes-stylize: L_AD + 0.5 L_c)",
+          "content_only": "content loss only (no attention loss)",
+          "ad_adain": "attention distillation from AdaIN-initialised latents",
+          "adain_content_only": "AdaIN-initialised latents, content loss only (no attention loss)",
+          "sds": "SDS toward the caption (prompt only)", "guided": "DDIM + AD guidance (lr 0.1, 3 steps)",
+          "guided_adain": "DDIM + AD guidance + AdaIN", "paper": "DDIM + AD guidance at the paper's lr 0.015, 2 steps",
+          "plain": "DDIM, no guidance"}
 
 
 def main(argv=None) -> int:
@@ -168,7 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--sample-steps", type=int, default=50)
-    parser.add_argument("--methods", default="attention_distillation,content_only,sds")
+    parser.add_argument("--methods", default="attention_distillation,content_only,ad_adain,adain_content_only,sds")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--grid", default=None, help="also write a PNG grid of inputs and outputs here")
     args = parser.parse_args(argv)
@@ -182,6 +195,7 @@ def main(argv=None) -> int:
         inputs = torch.stack([torch.stack([_read(c), _read(r)]) for c, r in pair_paths])
         rows["content renders (input)"] = {**scores(classifier, inputs[:, 0], pairs), "cpu_seconds_per_image": 0.0}
         grids += [inputs[:, 0], inputs[:, 1]]
+        run_method("attention_distillation", pair_paths[:1], pairs[:1], 1, folder / "warm-up")  # imports, caches
         for method in args.methods.split(","):
             images, seconds = run_method(method, pair_paths, pairs, args.iterations, folder)
             rows[LABELS[method]] = {**scores(classifier, images, pairs), "cpu_seconds_per_image": round(seconds, 2)}

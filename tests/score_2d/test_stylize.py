@@ -49,6 +49,13 @@ def test_style_transfer_runs_two_steps_and_writes_its_files(tiny, images, tmp_pa
     assert (tmp_path / "checkpoints").is_dir()
 
 
+@pytest.mark.parametrize("init", ["noise", "adain"])
+def test_every_init_runs(init, tiny, images, tmp_path):
+    config = load_stylize_config(None, [f"model={tiny}", *FAST, "transfer.run.iterations=1", f"transfer.init={init}"])
+    inputs = StylizeInputs(images / "reference.png", "a red cube", images / "content.png")
+    assert run_stylize(inputs, config, tmp_path, progress=False).steps == 1
+
+
 def test_text_to_image_with_a_style_writes_the_images(tiny, images, tmp_path):
     config = load_stylize_config(None, [f"model={tiny}", *FAST, "sample.num_images=2"])
     result = run_stylize(StylizeInputs(images / "reference.png", "a red cube"), config, tmp_path, progress=False)

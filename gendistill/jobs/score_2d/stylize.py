@@ -37,19 +37,20 @@ from gendistill.jobs.score_2d.run import Run2DConfig, run_scene_2d, scene_histor
 from gendistill.jobs.score_2d.stylize_outputs import StylizeResult, load_image, write_outputs
 from gendistill.render.scenes.latents import LatentSceneConfig
 from gendistill.score.attention_distillation import ADLossConfig, AttentionDistillationConfig
-from gendistill.score.attention_guide import AttentionGuide, SamplerGuidanceConfig
+from gendistill.score.attention_guide import AttentionGuide, SamplerGuidanceConfig, adain
 from gendistill.score.teacher import encode_with_grad
 from gendistill.train.trainer import TrainResult
 
-INITS = ("content", "noise")
+INITS = ("content", "noise", "adain")
 
 
 @dataclass
 class TransferConfig:
     """Style transfer (with a content image): Adam on the latents, one step per timestep of the DDIM grid."""
 
-    init: Literal["content", "noise"] = "content"
-    """Start from the content image's latents (content) or from Gaussian noise (noise)."""
+    init: Literal["content", "noise", "adain"] = "content"
+    """Start from the content image's latents (content), from Gaussian noise (noise), or from the content's
+    latents with each channel's mean and std set to the reference's (adain, as the sampler mode's AdaIN)."""
     lr: float = 0.05
     """Adam's learning rate on the latents (the reference code's 0.05)."""
     run: Run2DConfig = field(default_factory=Run2DConfig)
@@ -90,8 +91,8 @@ class StylizeConfig:
     self-attentions at 8x8 tokens); the paper's SD 1.5 values are configs/stylize/sd15-stylize.yaml's."""
     transfer: TransferConfig = field(default_factory=lambda: TransferConfig(lr=0.02))
     """Style-transfer mode (with --content)."""
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    """Text-to-image mode (without --content)."""
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(guide=SamplerGuidanceConfig(lr=0.1, steps=3)))
+    """Text-to-image mode (without --content); the guidance as tuned for the shapes teacher."""
     seed: int = 0
     """Seed of the noise (initial latents, sampler noise, the guidance's reference noise)."""
     progress: bool = True
@@ -155,7 +156,7 @@ def _transfer(model: TextToImageModel, inputs: StylizeInputs, config: StylizeCon
     device = model.network.device
     content_latents, reference_latents = model_latents(model, content), model_latents(model, reference)
     t = config.transfer
-    start = content_latents
+    start = adain(content_latents, reference_latents) if t.init == "adain" else content_latents
     if t.init == "noise":
         generator = torch.Generator().manual_seed(config.seed)
         start = torch.randn(content_latents.shape, generator=generator).to(device)
