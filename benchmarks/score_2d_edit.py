@@ -5,7 +5,8 @@
 Each edit renders a held-out shape (ray caster), then asks for a new colour (even edits) or a new shape (odd
 edits) with the source caption as the source prompt. Success: the shapes classifier reads the target caption
 (shape and colour) in the edited image. Background PSNR: against the source image, over the pixels outside both
-the source's and the target's objects (exact masks from the ray caster, same camera). The methods are the
+the source's and the target's objects (exact masks from the ray caster, same camera); the mask's Pearson
+correlation with those objects says whether LUSD's attention mask finds them. The methods are the
 shipped presets ``configs/edit/shapes-edit-<method>.yaml``; ``--set`` overrides all of them. Writes
 score_2d_edit.json and .md.
 """
@@ -49,6 +50,14 @@ def background_psnr(edited, source, outside) -> float:
     return math.inf if err == 0 else 10 * math.log10(1.0 / err)
 
 
+def correlation(mask, union) -> float:
+    """Pearson correlation of the edit's mask with the objects' union (0 for a constant mask: no mask)."""
+    if mask.std() < 1e-4:
+        return 0.0
+    x, y = mask - mask.mean(), union - union.mean()
+    return (x * y).sum().item() / (x.norm() * y.norm()).item()
+
+
 def run_method(method: str, pairs, overrides: list[str], classifier) -> dict:
     import torch
 
@@ -71,12 +80,15 @@ def run_method(method: str, pairs, overrides: list[str], classifier) -> dict:
             read = classifier(torch.stack([result.edited, result.decoded]))
         ok = [prompt_accuracy(type(read)(read.shape_logits[i:i + 1], read.colour_logits[i:i + 1],
                                          read.features[i:i + 1]), [target]) for i in range(2)]
+        union = torch.maximum(src.alpha[0, 0], tgt.alpha[0, 0])
         rows.append({"source": caption(source), "target": caption(target), "success": ok[0],
+                     "mask_correlation": correlation(result.mask, union),
                      "success_decoded": ok[1], "background_psnr": background_psnr(result.edited, src.rgb[0], outside),
                      "background_psnr_decoded": background_psnr(result.decoded, src.rgb[0], outside),
                      "seconds": seconds, "cpu_seconds": cpu})
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     return {"method": method, "edits": rows, "success_rate": mean("success"),
+            "mask_correlation": mean("mask_correlation"),
             "success_rate_decoded": mean("success_decoded"), "background_psnr": mean("background_psnr"),
             "background_psnr_decoded": mean("background_psnr_decoded"),
             "min_background_psnr": min(r["background_psnr"] for r in rows),
@@ -106,11 +118,11 @@ def main(argv=None) -> int:
     payload = {"edits": args.edits, "threads": args.threads, "overrides": args.overrides, "methods": results}
     (out / "score_2d_edit.json").write_text(json.dumps(payload, indent=2))
     lines = ["| method | success | background PSNR (dB, mean / min) | success, decoded | background PSNR, decoded "
-             "| s / edit (CPU s) |", "|---|---|---|---|---|---|"]
+             "| mask vs objects (corr.) | s / edit (CPU s) |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['method']} | {r['success_rate']:.2f} | {r['background_psnr']:.1f} / "
                      f"{r['min_background_psnr']:.1f} | {r['success_rate_decoded']:.2f} | "
-                     f"{r['background_psnr_decoded']:.1f} | {r['seconds_per_edit']:.1f} ({r['cpu_seconds_per_edit']:.1f}) |")
+                     f"{r['background_psnr_decoded']:.1f} | {r['mask_correlation']:.2f} | {r['seconds_per_edit']:.1f} ({r['cpu_seconds_per_edit']:.1f}) |")
     text = "\n".join(lines)
     (out / "score_2d_edit.md").write_text(f"Editing {args.edits} shapes renders ({args.threads} thread):\n\n{text}\n")
     print(text)

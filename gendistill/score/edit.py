@@ -56,6 +56,8 @@ class EditMaskConfig:
     self_downsample: int = 2
     """Self-attention maps from the layers this many times smaller than the latent (SD 1.5: 32x32 of 64), or the
     nearest the model has."""
+    self_power: int = 1
+    """Spread the cross-attention map by this power of the self-attention matrix (LUSD: 1; 0: no spreading)."""
     momentum: float = 0.1
     """EMA weight of each step's new map (LUSD: 0.1)."""
     progressive: bool = True
@@ -65,6 +67,7 @@ class EditMaskConfig:
         check_range(key_path(path, "cross_downsample"), self.cross_downsample, 1)
         check_range(key_path(path, "self_downsample"), self.self_downsample, 1)
         check_range(key_path(path, "momentum"), self.momentum, 0.0, 1.0)
+        check_range(key_path(path, "self_power"), self.self_power, 0)
 
 
 @dataclass
@@ -202,7 +205,7 @@ class EditScore:
         cross_layers, self_layers = self._mask_layers()
         cross = [records[k].probs[row] for k in cross_layers]
         selfs = [records[k].probs[row] for k in self_layers]
-        spread = spread_by_self_attention(token_map(cross, positions), selfs)
+        spread = spread_by_self_attention(token_map(cross, positions), selfs, self.config.mask.self_power)
         return normalised_mask(spread, tuple(self.state.mask.shape))[0, 0]
 
     def current_mask(self) -> Tensor:

@@ -67,13 +67,14 @@ def token_map(cross_probs: list[Tensor], positions: list[int]) -> Tensor:
     return _square(maps)
 
 
-def spread_by_self_attention(cmap: Tensor, self_probs: list[Tensor]) -> Tensor:
-    """``S @ vec(c)`` at the self-attention's resolution: (B, s, s) -> (B, r, r), ``S`` (B, r*r, r*r) the
-    layers' maps averaged over heads and layers; ``c`` is first resized (bicubic) to r x r."""
+def spread_by_self_attention(cmap: Tensor, self_probs: list[Tensor], power: int = 1) -> Tensor:
+    """``S^power @ vec(c)`` at the self-attention's resolution: (B, s, s) -> (B, r, r), ``S`` (B, r*r, r*r) the
+    layers' maps averaged over heads and layers; ``c`` is first resized (bicubic) to r x r. ``power`` 0 keeps
+    the resized map (LUSD's reference code takes ``matrix_power(S, 1)``)."""
     s = torch.stack([p.float().mean(dim=1) for p in self_probs]).mean(dim=0)
     side = int(round(s.shape[-1] ** 0.5))
     c = F.interpolate(cmap[:, None], (side, side), mode="bicubic", align_corners=False)[:, 0]
-    return _square((s @ c.flatten(1)[..., None])[..., 0])
+    return _square((torch.linalg.matrix_power(s, power) @ c.flatten(1)[..., None])[..., 0])
 
 
 def normalised_mask(amap: Tensor, size: tuple[int, int]) -> Tensor:

@@ -60,3 +60,12 @@ def test_direction_scale_matches_the_reference_schedule():
     assert direction_scale(0, 300, 0.15, 0.01, 5) == pytest.approx(0.1491, abs=1e-4)
     assert direction_scale(299, 300, 0.15, 0.01, 5) == pytest.approx(0.0109, abs=1e-4)
     assert direction_scale(150, 300, 0.15, 0.01, 5) < direction_scale(149, 300, 0.15, 0.01, 5)
+
+
+def test_power_zero_keeps_the_map_and_power_two_applies_the_matrix_twice():
+    cmap = torch.rand(1, 4, 4)
+    s = torch.rand(1, 1, 16, 16).softmax(dim=-1)
+    assert torch.allclose(spread_by_self_attention(cmap, [s], power=0), cmap, atol=1e-6)
+    once = spread_by_self_attention(cmap, [s])
+    twice = spread_by_self_attention(cmap, [s], power=2)
+    assert torch.allclose(twice, spread_by_self_attention(once, [s]), atol=1e-5)
