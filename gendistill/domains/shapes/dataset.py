@@ -25,6 +25,8 @@ class ShapeBatch:
     """RGB in [0, 1] over a white background, (N, 3, H, W) float32."""
     alpha: Tensor
     """Coverage of the object, (N, 1, H, W) float32."""
+    depth: Tensor
+    """Camera-frame depth of the surface, (N, 1, H, W) float32, 0 on the background."""
     shape_ids: Tensor
     """Index into SHAPES, (N,) int64."""
     colour_ids: Tensor
@@ -50,7 +52,7 @@ def make_batch(n: int, generator: torch.Generator, view_phrase_prob: float = 0.5
     """
     shape_ids, colour_ids, cameras, captions, scenes = _draw(n, generator, view_phrase_prob, size, distance)
     out = render_batch(scenes, cameras, supersample=supersample)
-    return ShapeBatch(out.rgb, out.alpha, shape_ids, colour_ids, cameras, captions, scenes)
+    return ShapeBatch(out.rgb, out.alpha, out.depth, shape_ids, colour_ids, cameras, captions, scenes)
 
 
 def make_captions(n: int, generator: torch.Generator, view_phrase_prob: float = 0.5, *,

@@ -16,7 +16,7 @@ from gendistill.distill.twinflow import TwinFlowConfig
 from gendistill.distill.phased_dmd import PhasedDMDConfig
 from gendistill.distill.flash_dmd import FlashDMDConfig
 from gendistill.distill.progressive import ProgressiveConfig
-from gendistill.errors import check_range, key_path
+from gendistill.errors import check_choice, check_range, key_path
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 
 
@@ -38,6 +38,9 @@ class DataConfig:
     batches carry prompts only and nothing is rendered (BOOT's data-free runs)."""
     view_phrase_prob: float = 0.5
     """Share of shapes captions that carry a view phrase ("..., front view")."""
+    shapes_image: Literal["rgb", "depth"] = "rgb"
+    """What a shapes render gives: rgb, or its depth as a grey image (``domains/shapes/depth.py``: the data of
+    a depth-branch teacher for structure-aware SDS)."""
     shapes_camera_distance: float | None = None
     """Shapes renders from this camera distance (None: the world's 4.0); closer makes objects larger, the
     data of a size slider (``configs/distill/shapes-size-slider.yaml``)."""
@@ -45,6 +48,7 @@ class DataConfig:
     def check(self, path: str) -> None:
         check_range(key_path(path, "batch_size"), self.batch_size, 1)
         check_range(key_path(path, "view_phrase_prob"), self.view_phrase_prob, 0.0, 1.0)
+        check_choice(key_path(path, "shapes_image"), self.shapes_image, ("rgb", "depth"))
         if self.shapes_camera_distance is not None:
             check_range(key_path(path, "shapes_camera_distance"), self.shapes_camera_distance, 2.0, 8.0)
 

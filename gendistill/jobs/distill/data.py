@@ -42,8 +42,8 @@ class ShapesBatches:
     latents nothing is rendered: the captions alone are drawn, as ``make_batch`` draws them)."""
 
     def __init__(self, model: TextToImageModel, batch_size: int, with_latents: bool = True,
-                 view_phrase_prob: float = 0.5, camera_distance: float | None = None):
-        self.model, self.batch_size, self.with_latents = model, batch_size, with_latents
+                 view_phrase_prob: float = 0.5, camera_distance: float | None = None, image: str = "rgb"):
+        self.model, self.batch_size, self.with_latents, self.image = model, batch_size, with_latents, image
         self.view_phrase_prob, self.camera_distance = view_phrase_prob, camera_distance
         self.encode = CachedPromptEncoder(model)
 
@@ -58,7 +58,12 @@ class ShapesBatches:
         shapes = make_batch(self.batch_size, generator, view_phrase_prob=self.view_phrase_prob,
                             distance=self.camera_distance)
         cond, uncond = self.encode(list(shapes.captions))
-        images = F.interpolate(shapes.images, size=self.model.image_size(), mode="area")  # tiny test models
+        images = shapes.images
+        if self.image == "depth":
+            from gendistill.domains.shapes.depth import depth_image
+
+            images = depth_image(shapes.depth, shapes.alpha, shapes.cameras[0].distance)
+        images = F.interpolate(images, size=self.model.image_size(), mode="area")  # tiny test models
         return DistillBatch(list(shapes.captions), cond, uncond, self.model.encode_images(images, generator))
 
 

@@ -64,7 +64,7 @@ def make_batches(config: DistillConfig, teacher: TextToImageModel):
     data = config.data
     if data.source == "shapes":
         return ShapesBatches(teacher, data.batch_size, data.with_latents, data.view_phrase_prob,
-                             data.shapes_camera_distance)
+                             data.shapes_camera_distance, data.shapes_image)
     if data.source == "images":
         return ImageFolderBatches(teacher, data.image_folder or "", data.batch_size)
     if not data.prompts_file or not Path(data.prompts_file).is_file():
