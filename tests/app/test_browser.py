@@ -133,7 +133,7 @@ def test_stop_button_ends_a_run(page):
     page.find_element(By.ID, "t3d-run").click()
     wait_for_text(page, "t3d-status", "Running", 60)
     page.find_element(By.ID, "t3d-stop").click()
-    wait_for_text(page, "t3d-status", "Stopped", 60)
+    wait_for_text(page, "t3d-status", "Stopped", 120)
 
 
 def test_closing_the_page_ends_its_run(page, demo_server):
