@@ -2,8 +2,7 @@
 
 Starts the demo on the models in assets/ (on a free localhost port), opens it in Debian's headless Chromium
 through Selenium, runs a real generation (the DMD2 student beside the teacher) and a real text-to-3D run,
-and a real edit (LUSD, "a red cube" to "a blue cube"), and saves ``generate.png``, ``text_to_3d.png`` and
-``edit.png`` once the images and the 3D view are on the page (``--tabs`` picks which). Needs
+and saves ``generate.png`` and ``text_to_3d.png`` once the images and the 3D view are on the page. Needs
 ``apt-get install chromium chromium-driver`` and ``pip install -e '.[demo,dev]'``. The text-to-3D run takes
 minutes on a CPU (600 iterations took 13 minutes on 2 cores shared with other jobs).
 """
@@ -32,8 +31,6 @@ def parse_args(argv):
     p.add_argument("--prompt-3d", default="a red cube", help="prompt of the text-to-3D tab")
     p.add_argument("--method", default="sds", choices=("sds", "vsd", "csd", "npg"), help="text-to-3D method")
     p.add_argument("--iterations", type=int, default=600, help="text-to-3D iterations (the preset's: 600)")
-    p.add_argument("--edit", default="a red cube,a blue cube", help="source caption,target prompt of the Edit tab")
-    p.add_argument("--tabs", default="generate,text_to_3d,edit", help="which screenshots to take")
     p.add_argument("--size", default="1440,1200", help="browser window width,height in pixels")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     p.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -142,29 +139,6 @@ def shoot_text_to_3d(driver, args, out: Path) -> None:
     driver.save_screenshot(str(out / "text_to_3d.png"))
 
 
-def shoot_edit(driver, args, out: Path) -> None:
-    from selenium.webdriver.common.by import By
-
-    source, target = args.edit.split(",", 1)
-    tab = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text == "Edit")
-    tab.click()
-    wait(driver, lambda d: d.find_element(By.ID, "edit-run").is_displayed(), 30, "the Edit tab opening")
-    if source != "a red cube":  # the dropdown's default
-        type_into(driver, "#edit-caption", source)
-    driver.find_element(By.ID, "edit-use-render").click()
-    wait(driver, lambda d: images_loaded(d, "#edit-source", 1), 60, "the shapes render loading")
-    type_into(driver, "#edit-prompt", target)
-    driver.find_element(By.ID, "edit-run").click()
-    wait(driver, lambda d: "Done" in d.find_element(By.ID, "edit-status").text, 600, "the edit finishing")
-    wait(driver, lambda d: images_loaded(d, "#edit-before-after", 1) and images_loaded(d, "#edit-mask", 1), 60,
-         "the results loading")
-    wait(driver, no_spinners, 60, "the progress overlays going")
-    time.sleep(1)
-    driver.execute_script("window.scrollTo(0, 0)")
-    driver.save_screenshot(str(out / "edit.png"))
-    print(f"edit.png: {driver.find_element(By.ID, 'edit-status').text!r}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -181,14 +155,12 @@ def main(argv=None) -> int:
     try:
         driver.get(url)
         wait(driver, lambda d: d.find_elements("id", "gen-run"), 120, "the page loading")
-        shots = {"generate": shoot_generation, "text_to_3d": shoot_text_to_3d, "edit": shoot_edit}
-        tabs = [t for t in args.tabs.split(",") if t]
-        for tab in tabs:
-            shots[tab](driver, args, out)
+        shoot_generation(driver, args, out)
+        shoot_text_to_3d(driver, args, out)
     finally:
         driver.quit()
         demo.close()
-    print(f"wrote {', '.join(str(out / f'{t}.png') for t in tabs)}")
+    print(f"wrote {out / 'generate.png'} and {out / 'text_to_3d.png'}")
     return 0
 
 
