@@ -13,7 +13,7 @@ from gendistill.render.rig import OrbitRig
 from gendistill.render.scenes.strokes import StrokeSceneConfig
 from gendistill.score.augmented import AugmentedSDSConfig, is_identity
 from gendistill.score.sds import SDSConfig
-from tests.tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import tiny_sd_pipeline
 
 IDENTITY = AugmentConfig(distortion=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
 

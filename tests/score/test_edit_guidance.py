@@ -6,7 +6,7 @@ import torch
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.errors import UserError
 from gendistill.score.edit import EditMaskConfig, EditScoreConfig
-from tests.tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import tiny_sd_pipeline
 
 PLAIN = dict(filter_threshold=0.0, normalise=False, reg_scale=0.0, mask=EditMaskConfig(enabled=False))
 TINY_MASK = EditMaskConfig()  # SD 1.5's resolutions: the tiny UNet answers with its nearest

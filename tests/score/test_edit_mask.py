@@ -5,7 +5,7 @@ import torch
 
 from gendistill.score.edit_mask import (direction_scale, edited_word, normalised_mask, progressive,
                                         spread_by_self_attention, token_map, token_positions)
-from tests.tiny_pipelines import tiny_tokenizer
+from tiny_pipelines import tiny_tokenizer
 
 
 @pytest.mark.parametrize("source, target, word", [

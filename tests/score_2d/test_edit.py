@@ -11,7 +11,7 @@ from gendistill.config import to_dict
 from gendistill.jobs.score_2d.edit import edited_image, load_edit_config, run_edit
 from gendistill.render.images import load_image, save_png
 from gendistill.shipped import shipped_configs_dir
-from tests.tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import tiny_sd_pipeline
 
 PRESETS = sorted((shipped_configs_dir() / "edit").glob("*.yaml"))
 

@@ -7,7 +7,7 @@ from gendistill.jobs.score_2d.run import Run2DConfig, run_scene_2d, scene_histor
 from gendistill.render.scenes.latents import LatentSceneConfig
 from gendistill.score.sds import SDSConfig
 from gendistill.score.teacher import Teacher
-from tests.tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import tiny_sd_pipeline
 
 
 def test_teacher_passes_latents_through_and_encodes_images():

@@ -18,7 +18,7 @@ from gendistill.jobs.score_2d.sketch import SketchConfig, load_sketch_config, ru
 from gendistill.render.images import load_image
 from gendistill.render.scenes.strokes import StrokeSceneConfig
 from gendistill.score.augmented import AugmentedSDSConfig
-from tests.tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import tiny_sd_pipeline
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "gendistill" / "configs" / "sketch").glob("*.yaml"))
 TINY = ["strokes.num_strokes=5", "strokes.canvas=24", "attention.steps=2", "run.preview_every=1",

@@ -9,7 +9,7 @@ from gendistill.errors import UserError
 from gendistill.render.scenes.strokes import StrokeSceneConfig, starts_from_map
 from gendistill.score.attention_maps import (AttentionInitConfig, RecordedAttention, attention_maps, fuse_maps,
                                              layer_sides, record_attention, start_probabilities, token_positions)
-from tests.tiny_pipelines import tiny_sd_pipeline
+from tiny_pipelines import tiny_sd_pipeline
 
 
 def _blob(side=8, rows=slice(1, 4), cols=slice(4, 7)) -> torch.Tensor:
