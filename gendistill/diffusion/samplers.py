@@ -61,12 +61,18 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float) -> tuple[float,
     return math.sqrt(sigma_next**2 - up**2), up
 
 
+StepGuide = Callable[[int, Tensor, float], Tensor]
+"""``guide(index, x, sigma_next) -> x``: the state after step ``index``, at ``sigma_next``, moved (a fixed
+computation on the state, e.g. Attention Distillation's normalised gradient steps; not an optimiser loop)."""
+
+
 def sample_euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, cond=None, *, eta: float = 0.0,
-                 generator: torch.Generator | None = None) -> Iterator[SamplerStep]:
+                 generator: torch.Generator | None = None, guide: StepGuide | None = None) -> Iterator[SamplerStep]:
     """Euler on the probability-flow ODE, which is DDIM; with ``eta > 0`` it is stochastic DDIM.
 
     Fresh noise is drawn at every step when ``eta > 0`` (the last included), as diffusers' DDIM does, so
-    the same generator gives the same images.
+    the same generator gives the same images. ``guide``, when given, moves the state after every step
+    (classifier-guidance-like methods: Attention Distillation's "improved classifier guidance").
     """
     for i, (sigma, sigma_next) in _pairs(sigmas):
         denoised = denoiser(x, x.new_tensor(sigma), cond)
@@ -74,6 +80,8 @@ def sample_euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, cond=None, *, et
         x = denoised + (x - denoised) * (sigma_down / sigma)
         if eta > 0:
             x = x + sigma_up * _noise_like(x, generator)
+        if guide is not None:
+            x = guide(i, x, sigma_next)
         yield SamplerStep(i, x, sigma_next, denoised)
 
 

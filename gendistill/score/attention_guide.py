@@ -41,7 +41,7 @@ class SamplerGuidanceConfig:
 
 
 class AttentionGuide:
-    """``guide(index, x, sigma_next) -> x`` for ``diffusion.guided_sampling.sample_ddim_guided``: canonical
+    """``guide(index, x, sigma_next) -> x`` for ``diffusion.samplers.sample_euler``'s ``guide``: canonical
     ``x`` (``x0 + sigma eps``) moved toward the reference's attention (see the module docstring)."""
 
     def __init__(self, model: TextToImageModel, loss: ADLossConfig, config: SamplerGuidanceConfig,

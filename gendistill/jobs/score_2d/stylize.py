@@ -30,8 +30,7 @@ from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import check_config, load_config, save_config
 from gendistill.devices import pick_device
 from gendistill.diffusion.guidance import CFGDenoiser
-from gendistill.diffusion.guided_sampling import sample_ddim_guided
-from gendistill.diffusion.samplers import initial_scale
+from gendistill.diffusion.samplers import initial_scale, sample_euler
 from gendistill.errors import UserError, check_choice, check_range, key_path
 from gendistill.jobs.score_2d.run import Run2DConfig, run_scene_2d, scene_history
 from gendistill.jobs.score_2d.stylize_outputs import StylizeResult, load_image, write_outputs
@@ -205,7 +204,7 @@ def stylized_samples(model: TextToImageModel, prompt: str, reference: Tensor, co
     guide = AttentionGuide(model, config.loss, s.guide, reference, generator)
     last = None
     with torch.no_grad():
-        steps = sample_ddim_guided(denoiser, x, plan.sigmas, cond, guide=guide, generator=generator)
+        steps = sample_euler(denoiser, x, plan.sigmas, cond, guide=guide, generator=generator)
         for last in tqdm(steps, total=s.steps, desc="stylize", disable=not progress, leave=False):
             pass
         images = model.decode(last.x * plan.final_latent_scale)
