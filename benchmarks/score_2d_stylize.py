@@ -95,13 +95,13 @@ def sds_baseline(content_path: Path, prompt: str, iterations: int, out_dir: Path
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
     from gendistill.jobs.score_2d.run import Run2DConfig, run_scene_2d
-    from gendistill.jobs.score_2d.stylize import model_latents
-    from gendistill.jobs.score_2d.stylize_outputs import load_image
+    from gendistill.render.images import load_image
+    from gendistill.score.teacher import image_latents
     from gendistill.jobs.text_to_3d.config import default_method
     from gendistill.render.scenes.latents import LatentSceneConfig
 
     model = _model(TextToImageModel, load_pipeline)
-    scene = LatentSceneConfig(lr=0.02, betas=(0.9, 0.999)).build(model_latents(model, load_image(content_path, "")),
+    scene = LatentSceneConfig(lr=0.02, betas=(0.9, 0.999)).build(image_latents(model, load_image(content_path)),
                                                                   model.decode)
     guidance = default_method().build(model)
     run = Run2DConfig(iterations=iterations, checkpoint_every=iterations)
@@ -126,8 +126,9 @@ def sampler_rows(pairs, pair_paths, steps: int):
     from gendistill.backends.loading import load_pipeline
     from gendistill.backends.text_to_image import TextToImageModel
     from gendistill.domains.shapes import caption
-    from gendistill.jobs.score_2d.stylize import load_stylize_config, model_latents, stylized_samples
-    from gendistill.jobs.score_2d.stylize_outputs import load_image
+    from gendistill.jobs.score_2d.stylize import load_stylize_config, stylized_samples
+    from gendistill.render.images import load_image
+    from gendistill.score.teacher import image_latents
     from gendistill.shipped import resolve_preset
 
     model = _model(TextToImageModel, load_pipeline)
@@ -140,7 +141,7 @@ def sampler_rows(pairs, pair_paths, steps: int):
         images, start = [], time.process_time()
         for i, ((_, reference_path), (content, _, _, _)) in enumerate(zip(pair_paths, pairs)):
             config.seed = i
-            reference = model_latents(model, load_image(reference_path, ""))
+            reference = image_latents(model, load_image(reference_path))
             images.append(stylized_samples(model, caption(content), reference, config)[0][0])
         out[name] = (torch.stack(images), (time.process_time() - start) / len(pairs))
     return out
@@ -220,9 +221,9 @@ def main(argv=None) -> int:
 
 
 def _read(path):
-    from gendistill.jobs.score_2d.stylize_outputs import load_image
+    from gendistill.render.images import load_image
 
-    return load_image(path, "")
+    return load_image(path)
 
 
 def markdown(result: dict) -> str:

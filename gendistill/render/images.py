@@ -38,10 +38,10 @@ def save_png(image: Tensor, path: str | Path) -> Path:
     return path
 
 
-def load_image(path: str | Path) -> Tensor:
+def load_image(path: str | Path, name: str = "") -> Tensor:
     """An image file as (3, H, W) in [0, 1] (transparency composited on white); a UserError for a missing or
-    unreadable file."""
-    from gendistill.errors import UserError
+    unreadable file (``name``, e.g. "--reference", starts the unreadable file's message)."""
+    from gendistill.errors import UserError, first_line
 
     path = Path(path)
     if not path.is_file():
@@ -49,7 +49,7 @@ def load_image(path: str | Path) -> Tensor:
     try:
         with Image.open(path) as image:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-    except OSError as err:
-        raise UserError(f"cannot read {path} as an image ({err})") from None
+    except OSError as err:  # PIL's UnidentifiedImageError is one
+        raise UserError(f"{name + ' ' if name else ''}{path} is not a readable image: {first_line(err)}") from None
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
     return torch.from_numpy(np.ascontiguousarray(rgb * alpha + (1 - alpha))).permute(2, 0, 1).contiguous()

@@ -38,6 +38,13 @@ def encode_with_grad(model: TextToImageModel, images: Tensor) -> Tensor:
     return (latents * vae.config.scaling_factor).float()
 
 
+def image_latents(model: TextToImageModel, image: Tensor) -> Tensor:
+    """One image (3, H, W) in [0, 1] as the model's latents (1, C, h, w), without gradient: what an edit or a
+    style transfer starts from (:func:`encode_with_grad`'s resize and posterior mean)."""
+    with torch.no_grad():
+        return encode_with_grad(model, image.unsqueeze(0))
+
+
 @dataclass
 class Noised:
     """``x = x0 + sigma * eps`` at timestep indices ``t``."""

@@ -1,7 +1,6 @@
 """``gendistill edit`` on tiny components: the files, the image's own size, presets, resume and bad input."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -32,7 +32,7 @@ from gendistill.render.images import load_image, make_grid, save_png
 from gendistill.render.plots import plot_curves
 from gendistill.render.scenes.latents import LatentScene, LatentSceneConfig
 from gendistill.score.edit import EditScore, EditScoreConfig
-from gendistill.score.teacher import encode_with_grad
+from gendistill.score.teacher import image_latents
 from gendistill.train.trainer import TrainResult
 
 
@@ -87,11 +87,6 @@ class EditResult:
     stopped: bool
 
 
-def _source_latents(model: TextToImageModel, image: Tensor) -> Tensor:
-    with torch.no_grad():
-        return encode_with_grad(model, image[None].to(model.pipe.vae.device))
-
-
 def _at_size(image: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(image.shape[-2:]) == size:
         return image
@@ -120,7 +115,7 @@ def run_edit(image: Tensor | str | Path, prompt: str, config: EditConfig, out_di
     device = pick_device(config.device)
     model = TextToImageModel(load_pipeline(config.model, device=str(device)))
     size = model.image_size()
-    source = _source_latents(model, _at_size(original, size))
+    source = image_latents(model, _at_size(original, size))
     guidance = config.method.build(model, source, source_prompt.strip())
     scene = config.scene.build(source, model.decode)
 

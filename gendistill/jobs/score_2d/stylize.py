@@ -33,11 +33,12 @@ from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.samplers import initial_scale, sample_euler
 from gendistill.errors import UserError, check_choice, check_range, key_path
 from gendistill.jobs.score_2d.run import Run2DConfig, run_scene_2d, scene_history
-from gendistill.jobs.score_2d.stylize_outputs import StylizeResult, load_image, write_outputs
+from gendistill.jobs.score_2d.stylize_outputs import StylizeResult, write_outputs
+from gendistill.render.images import load_image
 from gendistill.render.scenes.latents import LatentSceneConfig
 from gendistill.score.attention_distillation import ADLossConfig, AttentionDistillationConfig
 from gendistill.score.attention_guide import AttentionGuide, SamplerGuidanceConfig, adain
-from gendistill.score.teacher import encode_with_grad
+from gendistill.score.teacher import image_latents
 from gendistill.train.trainer import TrainResult
 
 INITS = ("content", "noise", "adain")
@@ -144,16 +145,10 @@ def run_stylize(inputs: StylizeInputs, config: StylizeConfig, out_dir: str | Pat
                      log)
 
 
-def model_latents(model: TextToImageModel, image: Tensor) -> Tensor:
-    """An image (3, H, W) in [0, 1] as the model's latents (1, C, h, w): resized, VAE posterior mean x scale."""
-    with torch.no_grad():
-        return encode_with_grad(model, image.unsqueeze(0).to(model.network.device))
-
-
 def _transfer(model: TextToImageModel, inputs: StylizeInputs, config: StylizeConfig, reference: Tensor,
               content: Tensor, out_dir: Path, progress: bool, resume: bool, log) -> StylizeResult:
     device = model.network.device
-    content_latents, reference_latents = model_latents(model, content), model_latents(model, reference)
+    content_latents, reference_latents = image_latents(model, content), image_latents(model, reference)
     t = config.transfer
     start = adain(content_latents, reference_latents) if t.init == "adain" else content_latents
     if t.init == "noise":
@@ -181,7 +176,7 @@ def _with_trace(history: list[dict], trace: list[dict]) -> list[dict]:
 def _generate(model: TextToImageModel, inputs: StylizeInputs, config: StylizeConfig, reference: Tensor,
               out_dir: Path, progress: bool) -> StylizeResult:
     start = time.perf_counter()
-    images, trace = stylized_samples(model, inputs.prompt.strip(), model_latents(model, reference), config,
+    images, trace = stylized_samples(model, inputs.prompt.strip(), image_latents(model, reference), config,
                                      progress)
     return write_outputs(out_dir, config, inputs, "sample", images, reference, None, trace,
                          time.perf_counter() - start, None, config.sample.steps)

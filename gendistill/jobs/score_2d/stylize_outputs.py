@@ -1,5 +1,4 @@
-"""The run folder of ``gendistill stylize``: reading the input images, and writing stylized.png, strip.png,
-curves.png and metrics.json (config.yaml is written before the run starts)."""
+"""The run folder of ``gendistill stylize``: writing stylized.png, strip.png, curves.png and metrics.json (config.yaml is written before the run starts)."""
 
 from __future__ import annotations
 
@@ -8,12 +7,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gendistill.errors import UserError, first_line
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
 
@@ -34,20 +31,6 @@ class StylizeResult:
     final: dict[str, float]
     """The last step's loss terms (ad, content), where logged."""
     stopped: bool = False
-
-
-def load_image(path: str | Path, flag: str) -> Tensor:
-    """An image file as (3, H, W) in [0, 1] (RGB; transparency over white); a UserError when unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgba = image.convert("RGBA")
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"{flag} {path} is not a readable image: {first_line(err)}") from None
-    array = torch.from_numpy(np.asarray(rgba, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    rgb, alpha = array[:3], array[3:]
-    return rgb * alpha + (1 - alpha)
 
 
 def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
