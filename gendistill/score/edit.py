@@ -148,7 +148,7 @@ class EditScore:
         self.teacher, self.config = Teacher(model), config
         self.source_latents, self.source_prompt = source_latents.detach().float(), source_prompt
         self.state = MaskState(tuple(source_latents.shape[-2:]), source_latents.device)
-        self._mask_word: str | None = None
+        self._layers = self._mask_layers() if config.mask.enabled else ([], [])
 
     # --- the score terms ---------------------------------------------------------------------------------
     def _score(self, z: Tensor, noised: Noised, target: TextCondition, n: int) -> Tensor:
@@ -192,7 +192,7 @@ class EditScore:
     def _access(self) -> AttentionAccess | None:
         if not self.config.mask.enabled:
             return None
-        cross, selfs = self._mask_layers()
+        cross, selfs = self._layers
         return AttentionAccess(self.teacher.model.network, kinds=("self", "cross"), record=("probs",),
                                layers=cross + selfs)
 
@@ -202,7 +202,7 @@ class EditScore:
             positions = token_positions(self.teacher.model.pipe.tokenizer, target_prompt, self.mask_word(target_prompt))
         except ValueError as err:
             raise UserError(f"{err}; set method.mask.word to a word of the target prompt") from None
-        cross_layers, self_layers = self._mask_layers()
+        cross_layers, self_layers = self._layers
         cross = [records[k].probs[row] for k in cross_layers]
         selfs = [records[k].probs[row] for k in self_layers]
         spread = spread_by_self_attention(token_map(cross, positions), selfs, self.config.mask.self_power)

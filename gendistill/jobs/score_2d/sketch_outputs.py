@@ -5,7 +5,6 @@ written before the run starts.)"""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gendistill.jobs.text_to_3d.outputs import final_loss
 from gendistill.render.images import make_grid, save_png
 from gendistill.render.plots import plot_curves
 from gendistill.render.scenes.strokes import StrokeScene
@@ -65,12 +65,6 @@ def save_init(maps: AttentionMaps, path: Path, canvas: int) -> Path:
                           antialias=True)[0]
     fused = F.interpolate(maps.fused[None, None].float(), (canvas, canvas), mode="bilinear", align_corners=False)[0]
     return save_png(make_grid(torch.stack([image.clamp(0, 1), fused.expand(3, -1, -1)]), columns=2), path)
-
-
-def final_loss(history: list[dict]) -> float:
-    """Mean loss over the last 10% of the logged steps (NaN without any)."""
-    tail = [row["loss"] for row in history[-max(1, len(history) // 10):]]
-    return sum(tail) / len(tail) if tail else math.nan
 
 
 def write_sketch_outputs(config, scene: StrokeScene, history: list[dict], result: TrainResult,
