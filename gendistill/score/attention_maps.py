@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gendistill.backends.attention import AttentionAccess, attention_layers
+from gendistill.backends.attention import AttentionAccess, attention_layers, layer_downsample
 from gendistill.backends.generation import GenerationRequest, sample_steps
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.errors import UserError, check_range, key_path
@@ -100,16 +100,9 @@ def normalise(x: Tensor) -> Tensor:
 
 
 def layer_sides(unet, kind: str, latent_side: int) -> dict[str, int]:
-    """The side of the square map each ``kind`` attention layer of a diffusers UNet runs at: down block i at
-    ``latent / 2**i``, up block i at ``latent / 2**(n - 1 - i)``, the mid block at the deepest (n blocks)."""
-    n = len(unet.config.block_out_channels)
-    sides = {}
-    for name in attention_layers(unet, kind):
-        block, _, rest = name.partition(".")
-        level = {"down_blocks": lambda i: i, "up_blocks": lambda i: n - 1 - i}.get(block)
-        depth = n - 1 if level is None else level(int(rest.split(".")[0]))
-        sides[name] = max(1, latent_side // 2**depth)
-    return sides
+    """The side of the square map each ``kind`` attention layer of a diffusers UNet runs at: the latent's side
+    over the layer's downsample factor (``backends.attention.layer_downsample``)."""
+    return {name: max(1, latent_side // layer_downsample(unet, name)) for name in attention_layers(unet, kind)}
 
 
 def layers_nearest(unet, kind: str, side: int, latent_side: int) -> list[str]:

@@ -30,7 +30,7 @@ from gendistill.config import check_config, load_config, save_config
 from gendistill.devices import pick_device
 from gendistill.diffusion.timesteps import TimestepRange
 from gendistill.errors import UserError, check_choice, check_range, key_path
-from gendistill.jobs.score_2d.run import Run2DConfig, run_scene_2d, scene_history
+from gendistill.jobs.score_2d.run import OnStep, Run2DConfig, run_scene_2d, scene_history
 from gendistill.jobs.score_2d.sketch_outputs import SketchResult, write_sketch_outputs
 from gendistill.render.scenes.strokes import StrokeSceneConfig
 from gendistill.score.attention_maps import AttentionInitConfig, AttentionMaps, attention_maps, start_probabilities
@@ -96,8 +96,6 @@ def initial_map(model: TextToImageModel, prompt: str, config: SketchConfig) -> A
         return None
     return attention_maps(model, prompt, config.attention, config.seed)
 
-
-OnStep = Callable[[int, Tensor, float], None]
 
 
 def run_sketch(prompt: str, config: SketchConfig, out_dir: str | Path, progress: bool = True,
