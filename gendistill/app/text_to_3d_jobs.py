@@ -30,7 +30,7 @@ STREAM_EVERY_S = 0.5
 """The page gets at most about two updates a second (renders and loss of the latest steps)."""
 log = logging.getLogger(__name__)
 
-METHODS = ("sds", "vsd", "csd", "npg")
+METHODS = ("sds", "vsd", "csd", "npg", "sds-rgbd")
 REPRESENTATIONS = ("gaussians", "nerf")
 MAX_ITERATIONS = 2000
 DEFAULT_ITERATIONS = 300

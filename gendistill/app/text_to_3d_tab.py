@@ -85,7 +85,8 @@ def build_text_to_3d_tab(jobs: Text3DJobs) -> None:
                                 elem_id="t3d-prompt")
             method = gr.Radio(list(METHODS), value="sds", label="Method",
                               info="sds: DreamFusion · vsd: ProlificDreamer · csd: classifier score · "
-                                   "npg: negative prompt guidance (settings: configs/text-to-3d/)", elem_id="t3d-method")
+                                   "npg: negative prompt guidance · sds-rgbd: RGB and depth scores (HumanGaussian) "
+                                   "(settings: configs/text-to-3d/)", elem_id="t3d-method")
             representation = gr.Radio(list(REPRESENTATIONS), value="gaussians", label="Representation",
                                       info=f"gaussians: 3D Gaussian splats · {nerf_note}",
                                       elem_id="t3d-representation")

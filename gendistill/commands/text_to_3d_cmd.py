@@ -8,7 +8,7 @@ from gendistill.commands.parsing import DefaultsFormatter
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("text-to-3d", help="make a 3D scene of a prompt by score distillation (SDS, VSD, CSD, NPG)",
+    p = sub.add_parser("text-to-3d", help="make a 3D scene of a prompt by score distillation (SDS, VSD, CSD, NPG, SDS-RGBD)",
                        description="Optimise 3D Gaussians (or a NeRF) so that a diffusers text-to-image model likes "
                                    "every view of them. Writes DIR/scene.ply (Gaussians, 3DGS layout; a NeRF writes "
                                    "field.safetensors and the marching-cubes mesh scene_mesh.ply/.obj/.glb), a "
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("prompt", help="what to make, e.g. 'a red sphere'")
     p.add_argument("--representation", default=None,
                    help="gaussians or nerf (needs pip install 'gendistill[nerf]'); default: the config's (gaussians)")
-    p.add_argument("--method", default=None, help="sds, vsd, csd or npg; default: the config's (sds)")
+    p.add_argument("--method", default=None, help="sds, vsd, csd, npg or sds-rgbd (structure-aware: RGB and depth); default: the config's (sds)")
     p.add_argument("--model", default=None,
                    help="diffusers pipeline folder, shipped model or hub id; default: shapes-teacher")
     p.add_argument("--config", default=None,

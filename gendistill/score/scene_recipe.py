@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from gendistill.errors import UserError
 from gendistill.recipe import Loss, Phase, Update
 from gendistill.render.cameras import Cameras
 from gendistill.render.scene import Scene, SceneRender
 from gendistill.score.base import ScoreGuidance
 from gendistill.score.regularisers import gaussian_blur, surface_total_variation
+from gendistill.score.structure_aware import DepthViews
 
 SCENE_PHASE = "scene"
 
@@ -86,7 +88,7 @@ class SceneDistillationRecipe:
             images.register_hook(lambda grad: gaussian_blur(grad, self.priors.grad_blur_px))
         self.scene.before_backward(step, render, views.cameras)
         out = self.guidance.gradient(images, views.prompts, step, self.total_steps, generator,
-                                     views.camera_features)
+                                     views.camera_features, **self._depth_of(render))
         total = out.loss
         if self.priors.tv_weight > 0 and latents is None:
             total = total + self.priors.tv_weight * surface_total_variation(render.rgb, render.alpha, self.background)
@@ -94,8 +96,18 @@ class SceneDistillationRecipe:
         if own is not None:
             total = total + own
         self._last = _StepRenders(render, views)
-        terms = {"grad_norm": out.terms["grad_norm"], "t": out.terms["t"]}
+        terms = {k: out.terms[k] for k in ("grad_norm", "depth_grad_norm", "t") if k in out.terms}
         return Loss(total, terms, outputs=render)
+
+    def _depth_of(self, render: SceneRender) -> dict:
+        """``depth=`` for a guidance that reads the render's depth (structure-aware SDS), else nothing."""
+        if not getattr(self.guidance, "reads_depth", False):
+            return {}
+        depth = getattr(render, "depth", None)
+        if depth is None:
+            raise UserError(f"{type(self.guidance).__name__} scores depth, and this scene renders none; "
+                            "use scene.kind=gaussians")
+        return {"depth": DepthViews(depth, render.alpha)}
 
     def after_update(self, update: Update) -> None:
         if update.phase == SCENE_PHASE and self._last is not None:

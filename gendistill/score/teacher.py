@@ -135,6 +135,10 @@ class Teacher:
                generator: torch.Generator) -> Noised:
         """Timesteps from ``policy`` (drawn first), then noise, both from ``generator``; ``x`` is detached."""
         t = policy.timesteps(step, total_steps, x0.shape[0], generator, self.num_train_timesteps)
+        return self.noised_at(x0, t, generator)
+
+    def noised_at(self, x0: Tensor, t: Tensor, generator: torch.Generator) -> Noised:
+        """``x0`` noised at the given timestep indices ``t`` (B,), noise from ``generator``; ``x`` detached."""
         sigma = self.train_sigmas[t].to(device=x0.device, dtype=x0.dtype)
         noise = randn(x0.shape, generator, x0)
         return Noised(x0.detach() + expand_sigma(sigma, x0) * noise, sigma, t, noise)

@@ -89,3 +89,25 @@ def test_eval_3d_user_errors(tmp_path, capsys):
     assert err.count("\n") == 1 and "shapes-world captions only" in err
     with pytest.raises(UserError, match="captions only"):
         evaluate_renders(torch.ones(1, 3, 8, 8), torch.ones(1, 1, 8, 8), "a castle", heldout_cameras()[:1])
+
+
+def test_depth_error_is_zero_on_the_truth_and_the_offset_when_shifted():
+    from gendistill.jobs.text_to_3d.evaluate3d import depth_error
+
+    cams = heldout_cameras()
+    truth = render_batch([Scene("torus", "purple")] * 8, cams)
+    assert depth_error(truth.depth, truth.alpha, truth.depth, truth.alpha) == 0
+    assert abs(depth_error(truth.depth + 0.25, truth.alpha, truth.depth, truth.alpha) - 0.25) < 1e-6
+    assert depth_error(truth.depth, torch.zeros_like(truth.alpha), truth.depth, truth.alpha) is None
+    result = evaluate_renders(truth.rgb, truth.alpha, "a purple torus", cams, depth=truth.depth - 0.5, floaters=3)
+    assert abs(result.depth_error - 0.5) < 1e-6 and result.floaters == 3
+
+
+def test_floaters_are_opaque_gaussians_outside_the_bounding_sphere():
+    from gendistill.jobs.text_to_3d.evaluate3d import count_floaters
+
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.0, 0.0], [1.2, 0.0, 0.0], [0.0, -1.5, 0.0], [0.0, 0.0, 2.0]])
+    params = init_from_points(points, torch.full_like(points, 0.5), opacity=0.5)
+    with torch.no_grad():
+        params.splats["opacities"][4] = torch.logit(torch.tensor(0.05))  # outside but nearly transparent
+    assert count_floaters(params) == 2 and count_floaters(params, radius=0.5) == 3

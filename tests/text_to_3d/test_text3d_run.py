@@ -137,7 +137,7 @@ def test_presets_exist():
 
 @pytest.mark.parametrize("argv, message", [
     (["", "--out", "OUT"], "the prompt is empty"),
-    (["a red sphere", "--method", "dreamfusion", "--out", "OUT"], "method.kind must be one of csd, npg, sds, vsd"),
+    (["a red sphere", "--method", "dreamfusion", "--out", "OUT"], "method.kind must be one of csd, npg, sds, sds-rgbd, vsd"),
     (["a red sphere", "--representation", "bogus", "--out", "OUT"],
      "scene.kind must be one of gaussians, nerf"),
     (["a red sphere", "--model", "NOTPIPE", "--out", "OUT"], "is not a diffusers pipeline folder"),

@@ -1,9 +1,8 @@
-"""Depth renders as images: what a depth-branch teacher learns and what structure-aware SDS scores.
-
-A camera-frame depth map becomes a grey image over the shapes world's white background: the object's bounding
-sphere spans black (its nearest point to the camera) to light grey (its farthest), the background is white
-(the farthest of all). Grey images stay inside the RGB teacher's VAE's domain, so a depth teacher is the RGB
-teacher fine-tuned on these images, with the same latents, text encoder and prompts.
+"""The shapes world's depth images: :mod:`gendistill.render.depth_images` over the range of its bounding
+sphere seen from the world's camera distance (near: the sphere's nearest point, black; far: its farthest,
+``FAR_GREY``; background white). A depth teacher (``shapes-depth-teacher``) is the RGB teacher fine-tuned on
+these images, with the same latents, text encoder and prompts; structure-aware SDS scores renders' depth in
+the same range (``score.structure_aware``'s defaults).
 """
 
 from __future__ import annotations
@@ -12,23 +11,22 @@ from torch import Tensor
 
 from gendistill.domains.shapes.intersect import BOUNDING_RADIUS
 from gendistill.render.cameras import DISTANCE
+from gendistill.render.depth_images import depth_to_grey, grey_to_depth
 
 FAR_GREY = 0.8
 """The grey of the bounding sphere's far side: kept apart from the white background."""
 
 
+def depth_range(distance: float = DISTANCE, radius: float = BOUNDING_RADIUS) -> tuple[float, float]:
+    """(near, far): the bounding sphere's nearest and farthest depths from a camera at ``distance``."""
+    return distance - radius, distance + radius
+
+
 def depth_image(depth: Tensor, alpha: Tensor, distance: float = DISTANCE, radius: float = BOUNDING_RADIUS) -> Tensor:
-    """(N, 1, H, W) depth and coverage to (N, 3, H, W) grey in [0, 1]: ``FAR_GREY * (z - near) / (far - near)``
-    inside (near and far: the bounding sphere's), composited over white by ``alpha``."""
-    near, far = distance - radius, distance + radius
-    grey = ((depth - near) / (far - near)).clamp(0, 1) * FAR_GREY
-    image = alpha * grey + (1 - alpha)
-    return image.expand(-1, 3, -1, -1).contiguous()
+    """(N, 1, H, W) depth and coverage to (N, 3, H, W) grey in [0, 1] over white."""
+    return depth_to_grey(depth, alpha, *depth_range(distance, radius), FAR_GREY)
 
 
 def image_depth(image: Tensor, distance: float = DISTANCE, radius: float = BOUNDING_RADIUS) -> Tensor:
-    """The inverse of :func:`depth_image` inside the object: (N, 3, H, W) grey to (N, 1, H, W) depth (the
-    channel mean; values above ``FAR_GREY`` read as the far side)."""
-    near, far = distance - radius, distance + radius
-    grey = image.mean(dim=1, keepdim=True).clamp(0, FAR_GREY) / FAR_GREY
-    return near + grey * (far - near)
+    """The inverse of :func:`depth_image` inside the object: (N, 3, H, W) grey to (N, 1, H, W) depth."""
+    return grey_to_depth(image, *depth_range(distance, radius), FAR_GREY)

@@ -20,6 +20,7 @@ from gendistill.render.scenes.nerf import NerfSceneConfig
 from gendistill.score.csd import CSDConfig
 from gendistill.score.npg import NPGConfig
 from gendistill.score.sds import SDSConfig
+from gendistill.score.structure_aware import StructureAwareSDSConfig
 from gendistill.score.vsd import VSDConfig
 
 REPRESENTATIONS = (GaussianSceneConfig.KIND, NerfSceneConfig.KIND)
@@ -123,8 +124,9 @@ class Text3DConfig:
     model: str = "shapes-teacher"
     """Diffusers text-to-image folder, shipped model (shapes-teacher) or hub id whose score guides the
     optimisation."""
-    method: SDSConfig | VSDConfig | CSDConfig | NPGConfig = field(default_factory=default_method)
-    """Score distillation method; ``kind:`` picks sds, vsd, csd or npg."""
+    method: SDSConfig | VSDConfig | CSDConfig | NPGConfig | StructureAwareSDSConfig = field(default_factory=default_method)
+    """Score distillation method; ``kind:`` picks sds, vsd, csd, npg or sds-rgbd (structure-aware SDS: RGB and
+    depth scores, for scenes that render depth)."""
     scene: GaussianSceneConfig | NerfSceneConfig = field(default_factory=GaussianSceneConfig)
     """What is optimised; ``kind:`` picks gaussians (3D Gaussian splats) or nerf (a radiance field; the nerf
     extra). Each kind has its own keys (``scene.init``, ``scene.densify``; ``scene.field``, ``scene.mesh``)."""
@@ -162,6 +164,9 @@ class Text3DConfig:
         check_range(key_path(path, "batch_size"), self.batch_size, 1)
         if self.resolution is not None:
             check_range(key_path(path, "resolution"), self.resolution, 8)
+        if getattr(self.method, "READS_DEPTH", False) and not getattr(self.scene, "RENDERS_DEPTH", False):
+            raise UserError(f"{key_path(path, 'method.kind')}={self.method.KIND} scores the renders' depth, which a "
+                            f"{self.scene.KIND} scene does not render; use scene.kind=gaussians")
         camera_dim = getattr(self.method, "camera_dim", 0)
         if camera_dim not in (0, 16):
             raise UserError(f"{key_path(path, 'method.camera_dim')} must be 16 (text-to-3d feeds 4x4 "

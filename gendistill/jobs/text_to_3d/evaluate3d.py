@@ -8,7 +8,11 @@ cameras' random draws) at the shapes world's distance, field of view and 64x64 s
 - **colour error**: mean absolute RGB difference (over pixels and channels, in [0, 1]) inside the true
   silhouette, pooled over views;
 - **prompt accuracy**: share of the 8 renders in which the shapes classifier reads both the caption's shape
-  and its colour (plus shape and colour accuracy separately).
+  and its colour (plus shape and colour accuracy separately);
+- for scenes that render depth (Gaussians), **depth error**: mean |expected depth - analytic depth| (camera
+  units; the object spans 2) over the pixels inside both silhouettes, pooled over views; and **floaters**:
+  Gaussians with opacity > 0.1 whose centre lies outside the shapes world's bounding sphere (radius 1), where
+  no object is (structure-aware SDS's targets, issue 17).
 
 The shapes domain (captions, analytic renders, classifier) is imported by the functions that need it, so a
 run whose prompt is not a shapes caption never imports it.
@@ -62,6 +66,10 @@ class Eval3DResult:
     """Silhouette IoU of each held-out view."""
     num_views: int
     """Number of held-out views."""
+    depth_error: float | None = None
+    """Mean absolute depth error inside both silhouettes; None for scenes without depth."""
+    floaters: int | None = None
+    """Opaque Gaussians outside the bounding sphere; None for other scenes."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +91,32 @@ def colour_error(pred_rgb: Tensor, true_rgb: Tensor, true_alpha: Tensor, thresho
     return (pred_rgb.float() - true_rgb.float()).abs()[inside].mean().item()
 
 
+def depth_error(pred_depth: Tensor, pred_alpha: Tensor, true_depth: Tensor, true_alpha: Tensor,
+                threshold: float = ALPHA_THRESHOLD) -> float | None:
+    """Mean |pred - true| depth over the pixels inside both silhouettes (all views pooled); None if none."""
+    inside = (pred_alpha > threshold) & (true_alpha > threshold)
+    if not inside.any():
+        return None
+    return (pred_depth.float() - true_depth.float()).abs()[inside].mean().item()
+
+
+FLOATER_OPACITY = 0.1
+"""A Gaussian at least this opaque counts as a floater when it lies outside the bounding sphere."""
+
+
+def count_floaters(params: GaussianParams, radius: float | None = None, min_opacity: float = FLOATER_OPACITY) -> int:
+    """Gaussians more opaque than ``min_opacity`` whose centre is farther than ``radius`` (default: the shapes
+    world's bounding radius) from the origin."""
+    if radius is None:
+        from gendistill.domains.shapes.intersect import BOUNDING_RADIUS
+
+        radius = BOUNDING_RADIUS
+    with torch.no_grad():
+        outside = params.splats["means"].norm(dim=-1) > radius
+        opaque = torch.sigmoid(params.splats["opacities"]) > min_opacity
+    return int((outside & opaque).sum().item())
+
+
 def caption_scene(prompt: str) -> Scene:
     """The shapes scene a prompt names, or a UserError saying eval-3d measures shapes captions only."""
     from gendistill.domains.shapes import parse_caption
@@ -93,9 +127,11 @@ def caption_scene(prompt: str) -> Scene:
         raise UserError(f"eval-3d measures shapes-world captions only; {err}") from None
 
 
-def evaluate_renders(rgb: Tensor, alpha: Tensor, prompt: str, cameras: list[Camera], classifier=None) -> Eval3DResult:
+def evaluate_renders(rgb: Tensor, alpha: Tensor, prompt: str, cameras: list[Camera], classifier=None,
+                     depth: Tensor | None = None, floaters: int | None = None) -> Eval3DResult:
     """Score renders (V, 3, H, W) on white and alphas (V, 1, H, W) of ``cameras`` against the caption's
-    analytic object; ``classifier`` (a ShapeClassifier) adds the prompt accuracy."""
+    analytic object; ``classifier`` (a ShapeClassifier) adds the prompt accuracy, ``depth`` (V, 1, H, W) the
+    depth error; ``floaters`` is passed through."""
     from gendistill.domains.shapes import render_batch
     from gendistill.domains.shapes.metrics import colour_accuracy, prompt_accuracy, shape_accuracy
 
@@ -108,8 +144,9 @@ def evaluate_renders(rgb: Tensor, alpha: Tensor, prompt: str, cameras: list[Came
         outputs = classifier.classify(rgb)
         scenes = [scene] * len(cameras)
         accuracies = tuple(f(outputs, scenes) for f in (prompt_accuracy, shape_accuracy, colour_accuracy))
+    depth_err = None if depth is None else depth_error(depth.detach().float().cpu(), alpha, truth.depth, truth.alpha)
     return Eval3DResult(prompt, ious.mean().item(), colour_error(rgb, truth.rgb, truth.alpha), *accuracies,
-                        [round(v, 4) for v in ious.tolist()], len(cameras))
+                        [round(v, 4) for v in ious.tolist()], len(cameras), depth_err, floaters)
 
 
 def load_default_classifier():
@@ -129,13 +166,24 @@ def load_default_classifier():
 
 @torch.no_grad()
 def evaluate_views(render_views, prompt: str, classifier=None,
-                   background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Eval3DResult, Tensor]:
+                   background: tuple[float, float, float] = (1.0, 1.0, 1.0), scene=None) -> tuple[Eval3DResult, Tensor]:
     """Render the held-out cameras with ``render_views(cameras, background) -> (rgb, alpha)`` (a scene's, see
-    gendistill.render.scene) and score them; returns the result and the renders (V, 3, H, W) on the CPU."""
+    gendistill.render.scene) and score them; returns the result and the renders (V, 3, H, W) on the CPU.
+    ``scene``, when it renders depth (Gaussians), adds the depth error and the floater count."""
     caption_scene(prompt)  # fail before rendering
     cameras = heldout_cameras()
-    rgb, alpha = render_views(stack_cameras(cameras), torch.tensor(background))
-    return evaluate_renders(rgb, alpha, prompt, cameras, classifier), rgb.detach().cpu()
+    stacked, bg = stack_cameras(cameras), torch.tensor(background)
+    rgb, alpha = render_views(stacked, bg)
+    depth, floaters = None, None
+    if scene is not None and getattr(scene, "RENDERS_DEPTH", False):
+        depth = scene.render(stacked.to(_device_of(scene)), bg.to(_device_of(scene))).depth
+        floaters = count_floaters(scene.params)
+    result = evaluate_renders(rgb, alpha, prompt, cameras, classifier, depth, floaters)
+    return result, rgb.detach().cpu()
+
+
+def _device_of(scene) -> torch.device:
+    return scene.params.splats["means"].device
 
 
 def evaluate_gaussians(params: GaussianParams, prompt: str, classifier=None,
@@ -155,10 +203,14 @@ def format_eval_table(result: Eval3DResult) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     head = "| prompt | views | silhouette IoU | colour error | prompt acc | shape acc | colour acc |"
-    return "\n".join([head, "|" + "---|" * 7,
-                      f"| {result.prompt} | {result.num_views} | {result.iou:.3f} | {result.colour_error:.3f} | "
-                      f"{fmt(result.prompt_accuracy)} | {fmt(result.shape_accuracy)} | "
-                      f"{fmt(result.colour_accuracy)} |"])
+    row = (f"| {result.prompt} | {result.num_views} | {result.iou:.3f} | {result.colour_error:.3f} | "
+           f"{fmt(result.prompt_accuracy)} | {fmt(result.shape_accuracy)} | {fmt(result.colour_accuracy)} |")
+    columns = 7
+    if result.floaters is not None:  # a scene with depth: its structure columns
+        head += " depth error | floaters |"
+        row += f" {fmt(result.depth_error)} | {result.floaters} |"
+        columns += 2
+    return "\n".join([head, "|" + "---|" * columns, row])
 
 
 def evaluate_run_dir(run_dir: str | Path, classifier="auto") -> Eval3DResult:
@@ -179,6 +231,6 @@ def evaluate_run_dir(run_dir: str | Path, classifier="auto") -> Eval3DResult:
     caption_scene(config.prompt)  # fail before loading the scene
     scene = config.scene.load(run_dir)
     classifier = load_default_classifier() if classifier == "auto" else classifier
-    result, _ = evaluate_views(scene.render_views, config.prompt, classifier, config.background)
+    result, _ = evaluate_views(scene.render_views, config.prompt, classifier, config.background, scene)
     (run_dir / "eval3d.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result

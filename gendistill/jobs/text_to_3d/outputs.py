@@ -80,7 +80,7 @@ def _evaluate(prompt: str | None, scene: Scene, background) -> tuple[Eval3DResul
     """The held-out evaluation of a shapes caption, and its renders; (None, None) when ``prompt`` is None."""
     if prompt is None:
         return None, None
-    return evaluate_views(scene.render_views, prompt, load_default_classifier(), background)
+    return evaluate_views(scene.render_views, prompt, load_default_classifier(), background, scene)
 
 
 def final_loss(history: list[dict]) -> float:

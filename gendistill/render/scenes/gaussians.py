@@ -73,6 +73,8 @@ class GaussianSceneConfig:
 
     KIND: ClassVar[str] = "gaussians"
     FILES: ClassVar[tuple[str, ...]] = (SCENE_FILE,)
+    RENDERS_DEPTH: ClassVar[bool] = True
+    """Its renders carry the expected depth (what depth-reading guidances score)."""
     """The files a run leaves for a viewer and for ``load`` (the last is the one ``load`` needs)."""
 
     radius: float = 1.0
@@ -144,6 +146,7 @@ class GaussianScene:
     """3D Gaussians under optimisation (or loaded for evaluation: ``total_steps`` 0, no densifier use)."""
 
     kind = "gaussians"
+    RENDERS_DEPTH = True
 
     def __init__(self, params: GaussianParams, config: GaussianSceneConfig, total_steps: int = 0,
                  renderer: GaussianRenderer | None = None):
