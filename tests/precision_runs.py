@@ -61,9 +61,11 @@ def distill(preset: Path, precision: str, device: str, root: Path, out: Path, mo
     return job.run_distill(config, out, progress=False), spy
 
 
-def text_to_3d(precision: str, device: str, model: Path, out: Path, monkeypatch, backend: str = "auto"):
+def text_to_3d(precision: str, device: str, model: Path, out: Path, monkeypatch, backend: str = "auto",
+               *extra: str):
     """Two text-to-3D iterations on Gaussians in ``precision`` (the job has no precision key: the spy sets
-    it on the job's trainer) rendered by ``backend`` (gsplat, torch or auto); (result, spy)."""
+    it on the job's trainer) rendered by ``backend`` (gsplat, torch or auto), plus ``extra`` overrides;
+    (result, spy)."""
     from functools import partial
 
     import gendistill.render.scenes.gaussians as scenes
@@ -72,7 +74,7 @@ def text_to_3d(precision: str, device: str, model: Path, out: Path, monkeypatch,
     job = importlib.import_module("gendistill.jobs.text_to_3d.run")
     monkeypatch.setattr(scenes, "GaussianRenderer", partial(scenes.GaussianRenderer, backend=backend))
     spy = TrainerSpy(job.Trainer, precision).install(monkeypatch, job)
-    config = load_text3d_config(None, [f"model={model}", f"device={device}", *T3D_SMALL])
+    config = load_text3d_config(None, [f"model={model}", f"device={device}", *T3D_SMALL, *extra])
     return job.run_text_to_3d("a red sphere", config, out, progress=False), spy
 
 

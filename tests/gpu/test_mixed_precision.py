@@ -92,6 +92,16 @@ def test_text_to_3d_gaussians_train_in_half_precision_on_cuda(backend, precision
     assert_scene_written(result, tmp_path)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_structure_aware_sds_trains_in_half_precision_on_cuda(precision, tiny_teachers, tmp_path, monkeypatch):
+    """sds-rgbd with the tiny teacher as both branches: the depth branch's VAE and UNet run under autocast too."""
+    model = tiny_teachers / "sd"
+    result, spy = text_to_3d(precision, "cuda", model, tmp_path, monkeypatch, "torch", "method.kind=sds-rgbd",
+                             f"method.depth_model={model}")
+    assert_trained(spy, precision)
+    assert_scene_written(result, tmp_path)
+
+
 @pytest.mark.xfail(strict=False, raises=ValueError, reason=(
     "accelerate's AcceleratorState is process-wide: the NeRF jobs' Accelerator(cpu=True) "
     "(jobs/convert/training.py) raises 'already been initialized' once a CUDA trainer ran in the process"))

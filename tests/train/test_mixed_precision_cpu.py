@@ -56,3 +56,11 @@ def test_text_to_3d_gaussians_train_under_cpu_bf16_autocast(tiny_teachers, tmp_p
     assert_trained(spy, "bf16")
     assert spy.trainers[0].config.mixed_precision == "bf16"
     assert_scene_written(result, tmp_path)
+
+
+def test_structure_aware_sds_trains_under_cpu_bf16_autocast(tiny_teachers, tmp_path, monkeypatch):
+    model = tiny_teachers / "sd"
+    result, spy = text_to_3d("bf16", "cpu", model, tmp_path, monkeypatch, "auto", "method.kind=sds-rgbd",
+                             f"method.depth_model={model}")
+    assert_trained(spy, "bf16")
+    assert_scene_written(result, tmp_path)
