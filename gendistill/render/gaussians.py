@@ -217,6 +217,25 @@ class GaussianRenderer:
         return RenderOutput(rgb=out.colors.permute(0, 3, 1, 2), alpha=out.alphas.permute(0, 3, 1, 2),
                             depth=out.depths.permute(0, 3, 1, 2), means2d=out.means2d, radii=out.radii)
 
+    def render_features(self, params: GaussianParams, cameras: Cameras, features: Tensor) -> Tensor:
+        """Alpha-blend any per-Gaussian ``features`` (N, D) instead of colours, over a zero background:
+        ``out(p) = sum_i w_i(p) f_i`` with ``w_i(p)`` Gaussian i's blending weight at pixel p (its alpha times
+        the transmittance in front of it), (C, D, H, W). Linear in ``features``, so its gradient with respect to
+        them is the weights themselves (``render.splat_weights`` reads them that way)."""
+        means = params.means
+        cameras = cameras.to(means.device, means.dtype)
+        args = (means, params.quats, params.scales, params.opacities, features.to(means), cameras.viewmats,
+                cameras.Ks, cameras.width, cameras.height)
+        options = {"near_plane": self.near_plane, "far_plane": self.far_plane, "eps2d": self.eps2d,
+                   "radius_clip": self.radius_clip}
+        if self.backend == "gsplat" or (self.backend == "auto" and means.is_cuda):
+            from gsplat import rasterization
+
+            out = rasterization(*args, sh_degree=None, packed=False, **options)[0]
+        else:
+            out = rasterize_gaussians(*args, sh_degree=None, **options).colors
+        return out.permute(0, 3, 1, 2)
+
     def _render_gsplat(self, args: tuple, sh_degree: int, background: Tensor | None) -> RenderOutput:
         from gsplat import rasterization  # CUDA only; imported here so CPU users never load it
 
