@@ -73,6 +73,12 @@ def is_pipeline_folder(folder: Path) -> bool:
     return folder.is_dir() and (folder / "model_index.json").is_file()
 
 
+def shows_pictures(folder: Path) -> bool:
+    """Whether a pipeline folder generates pictures (not, e.g., the depth branch of structure-aware SDS)."""
+    card = StudentCard.read(folder)
+    return card is None or card.output in (None, "rgb")
+
+
 def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str | None = None
                     ) -> tuple[list[ModelEntry], str | None]:
     """The pipeline folders in ``assets_dir`` plus ``extra`` (each must be one: a folder or a shipped model's
@@ -83,7 +89,7 @@ def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str
     """
     folders: list[Path] = []
     if assets_dir is not None and Path(assets_dir).is_dir():
-        folders += sorted(p for p in Path(assets_dir).iterdir() if is_pipeline_folder(p))
+        folders += sorted(p for p in Path(assets_dir).iterdir() if is_pipeline_folder(p) and shows_pictures(p))
     for item in [*extra, *([teacher] if teacher else [])]:
         path = Path(resolve_model_name(item))
         if not is_pipeline_folder(path):

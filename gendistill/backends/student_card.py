@@ -37,6 +37,8 @@ class StudentCard:
     """CPU threads torch used (CPU training)."""
     written: str | None = None
     """When the card was written (local time, ``YYYY-MM-DD HH:MM:SS``)."""
+    output: str | None = None
+    """What its images show when not pictures: "depth" (depth drawn as grey, a structure-aware SDS branch)."""
 
     @property
     def is_student(self) -> bool:

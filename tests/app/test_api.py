@@ -200,6 +200,18 @@ def test_discovery_finds_folders_and_picks_the_teacher(demo_models, tmp_path):
         catalog.entry(str(demo_models["teacher"]))
 
 
+def test_discovery_skips_models_whose_images_are_not_pictures(demo_models, tmp_path):
+    """A depth branch (gendistill.json "output": "depth") is no model for the generation tab."""
+    import shutil
+
+    shutil.copytree(demo_models["teacher"], tmp_path / "depth-branch")
+    card = json.loads((tmp_path / "depth-branch" / "gendistill.json").read_text()) if (
+        tmp_path / "depth-branch" / "gendistill.json").is_file() else {}
+    (tmp_path / "depth-branch" / "gendistill.json").write_text(json.dumps({**card, "output": "depth"}))
+    shutil.copytree(demo_models["teacher"], tmp_path / "teacher")
+    assert [e.name for e in discover_models(tmp_path)[0]] == ["teacher"]
+
+
 def test_the_page_starts_on_the_dmd2_student(tmp_path):
     def entry(name, **card):
         return ModelEntry(name, tmp_path / name, StudentCard(**card))
