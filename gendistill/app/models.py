@@ -84,8 +84,9 @@ def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str
     """The pipeline folders in ``assets_dir`` plus ``extra`` (each must be one: a folder or a shipped model's
     short name), and the teacher's name.
 
-    The teacher is ``teacher`` if given (added to the list if needed), else the first model without a distillation
-    recipe in its ``gendistill.json`` (one whose name says "teacher" first); None if every model is a student.
+    The teacher is ``teacher`` if given (added to the list if needed), else the model without a distillation
+    recipe in its ``gendistill.json`` that most students name as their teacher (then one whose name says
+    "teacher"); None if every model is a student.
     """
     folders: list[Path] = []
     if assets_dir is not None and Path(assets_dir).is_dir():
@@ -108,7 +109,9 @@ def discover_models(assets_dir: Path | None, extra: list[str] = (), teacher: str
         entries.append(ModelEntry(name, resolved, StudentCard.read(folder)))
     if teacher:
         return entries, seen[Path(resolve_model_name(teacher)).resolve()]
-    candidates = sorted((e for e in entries if not e.is_student), key=lambda e: "teacher" not in e.name)
+    named = [Path(e.card.teacher).name for e in entries if e.is_student and e.card.teacher]
+    candidates = sorted((e for e in entries if not e.is_student),
+                        key=lambda e: (-named.count(e.name), "teacher" not in e.name))
     return entries, candidates[0].name if candidates else None
 
 

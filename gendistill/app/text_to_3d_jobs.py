@@ -138,10 +138,11 @@ class Progress:
 
 
 class Text3DJobs:
-    """Running jobs by session, so that Stop (and a closed page) can end them."""
+    """Running jobs by session, so that Stop (and a closed page) can end them. One instance per kind of job
+    (``kind`` names the job folders and the messages): text-to-3D, and the 3D tabs built like it."""
 
-    def __init__(self, catalog: ModelCatalog, workspace: Workspace, runner: Runner):
-        self.catalog, self.workspace, self.runner = catalog, workspace, runner
+    def __init__(self, catalog: ModelCatalog, workspace: Workspace, runner: Runner, kind: str = "text-to-3d"):
+        self.catalog, self.workspace, self.runner, self.kind = catalog, workspace, runner, kind
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -156,18 +157,18 @@ class Text3DJobs:
     def run(self, settings: Text3DSettings, session: str | None) -> Iterator[tuple[Progress, Path]]:
         """Start the job; yield (progress, out_dir) after each batch of steps and once more at the end."""
         if self.catalog.teacher is None:
-            raise UserError("text-to-3D needs a teacher model; start the demo with --teacher DIR")
+            raise UserError(f"{self.kind} needs a teacher model; start the demo with --teacher DIR")
         key, stop, updates, progress = session or "", threading.Event(), queue.Queue(), Progress()
         with self._lock:
             if key in self._stops:
-                raise UserError("a text-to-3D run of this session is still going; press Stop or wait for it")
+                raise UserError(f"a {self.kind} run of this session is still going; press Stop or wait for it")
             self._stops[key] = stop
         thread = None
         try:
-            out_dir = self.workspace.new_job_dir(session, "text-to-3d")
+            out_dir = self.workspace.new_job_dir(session, self.kind)
             model_path = self.catalog.entry(self.catalog.teacher).path
             thread = threading.Thread(target=self._work, args=(settings, model_path, out_dir, stop, updates),
-                                      name="text-to-3d", daemon=True)
+                                      name=self.kind, daemon=True)
             thread.start()
             while progress.outcome is None:
                 _drain(updates, progress, thread)
@@ -198,7 +199,7 @@ class Text3DJobs:
         except UserError as err:
             updates.put(("error", str(err)))
         except Exception as err:  # noqa: BLE001 - the page gets one line, the log the traceback
-            log.exception("text-to-3D run failed")
+            log.exception("%s run failed", self.kind)
             updates.put(("error", f"the run failed ({type(err).__name__}); see the server log"))
 
 

@@ -81,6 +81,21 @@ class SlowRunner:
         raise AssertionError("the stand-in runner was never stopped")
 
 
+class SceneRunner:
+    """Stand-in for the image-to-3D and edit-3D runs: 3 streamed steps, then a run's files; remembers the
+    settings it was given (the edit's scene must be the session's text-to-3D scene)."""
+
+    def __init__(self, animation: str):
+        self.animation, self.calls = animation, []
+
+    def __call__(self, settings, model_path, out_dir, on_step):
+        self.calls.append(settings)
+        for step in range(3):
+            on_step(step, torch.rand(4, 3, 8, 8), 1.0 / (step + 1))
+        write_quick_run(out_dir)
+        (out_dir / "turntable.gif").rename(out_dir / self.animation)
+
+
 @pytest.fixture(scope="session")
 def demo_server(demo_models):
     """(url, demo, runner) of a running demo; closed at the end of the session."""
@@ -90,7 +105,9 @@ def demo_server(demo_models):
 
     runner = SlowRunner()
     options = DemoOptions(models=tuple(str(p) for p in demo_models.values()), assets_dir=None, port=free_port())
-    demo, url = launch(options, block=False, runner=runner)
+    scene_runners = {"image_runner": SceneRunner("turntable.gif"), "edit3d_runner": SceneRunner("before_after.gif")}
+    demo, url = launch(options, block=False, runner=runner, **scene_runners)
+    demo.scene_runners = scene_runners  # for the tests of the two 3D tabs
     yield url, demo, runner
     demo.close()
 
