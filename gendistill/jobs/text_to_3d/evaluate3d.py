@@ -165,25 +165,23 @@ def load_default_classifier():
 
 
 @torch.no_grad()
-def evaluate_views(render_views, prompt: str, classifier=None,
-                   background: tuple[float, float, float] = (1.0, 1.0, 1.0), scene=None) -> tuple[Eval3DResult, Tensor]:
+def evaluate_views(render_views, prompt: str, classifier=None, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                   scene=None) -> tuple[Eval3DResult, Tensor]:
     """Render the held-out cameras with ``render_views(cameras, background) -> (rgb, alpha)`` (a scene's, see
     gendistill.render.scene) and score them; returns the result and the renders (V, 3, H, W) on the CPU.
     ``scene``, when it renders depth (Gaussians), adds the depth error and the floater count."""
     caption_scene(prompt)  # fail before rendering
     cameras = heldout_cameras()
     stacked, bg = stack_cameras(cameras), torch.tensor(background)
-    rgb, alpha = render_views(stacked, bg)
     depth, floaters = None, None
-    if scene is not None and getattr(scene, "RENDERS_DEPTH", False):
-        depth = scene.render(stacked.to(_device_of(scene)), bg.to(_device_of(scene))).depth
-        floaters = count_floaters(scene.params)
+    if scene is not None and getattr(scene, "RENDERS_DEPTH", False):  # one render gives colour and depth
+        device = scene.params.splats["means"].device
+        out = scene.render(stacked.to(device), bg.to(device))
+        rgb, alpha, depth, floaters = out.rgb, out.alpha, out.depth, count_floaters(scene.params)
+    else:
+        rgb, alpha = render_views(stacked, bg)
     result = evaluate_renders(rgb, alpha, prompt, cameras, classifier, depth, floaters)
     return result, rgb.detach().cpu()
-
-
-def _device_of(scene) -> torch.device:
-    return scene.params.splats["means"].device
 
 
 def evaluate_gaussians(params: GaussianParams, prompt: str, classifier=None,
