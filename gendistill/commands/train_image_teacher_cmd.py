@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set steps=200 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    p.add_argument("--export-only", action="store_true", help="export OUT/teacher from the newest checkpoint")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=run)
 
@@ -30,10 +31,13 @@ def run(args) -> int:
     check_out_dir(args.out)
     from gendistill.config import load_config
     from gendistill.domains.shapes.image_teacher import ImageTeacherConfig
-    from gendistill.jobs.train_image_teacher import train_image_teacher
+    from gendistill.jobs.train_image_teacher import export_from_checkpoint, train_image_teacher
     from gendistill.shipped import resolve_preset
 
     config = load_config(ImageTeacherConfig, resolve_preset(args.config, ""), args.overrides)
+    if args.export_only:
+        print(f"image teacher exported to {export_from_checkpoint(config, args.out)}")
+        return 0
     result = train_image_teacher(config, args.out, resume=args.resume)
     print(f"image teacher exported to {result.teacher_dir} ({result.steps} steps, final mse {result.final_mse:.4f})")
     return 0

@@ -23,11 +23,17 @@ from gendistill.domains.shapes.clip_training import (CLIP_PHASE, ClipBatches, Cl
 from gendistill.domains.shapes.teacher import DataConfig
 from gendistill.domains.shapes.teacher_data import load_or_make_renders, render_cache
 from gendistill.errors import UserError
-from gendistill.jobs.train_teacher import command_line
+from gendistill.jobs.train_teacher import command_line as _argv_line
 from gendistill.run_dir import prepare_out_dir
 from gendistill.train.checkpoint import checkpoints_newest_first
 from gendistill.train.config import OptimizerConfig, TrainerConfig
 from gendistill.train.trainer import Trainer
+
+
+def command_line() -> str:
+    """The running command as a user types it (``python -m gendistill ...`` is ``gendistill ...``)."""
+    line = _argv_line()
+    return "gendistill" + line[len("__main__.py"):] if line.startswith("__main__.py") else line
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from gendistill.domains.shapes.teacher import DataConfig
 from gendistill.domains.shapes.teacher_data import (encode_cache, encoder_fingerprint, load_or_make_latents,
                                                     load_or_make_renders, render_cache)
 from gendistill.errors import UserError
-from gendistill.jobs.train_teacher import command_line
+from gendistill.jobs.train_clip import command_line
 from gendistill.run_dir import prepare_out_dir
 from gendistill.shipped import resolve_model_name
 from gendistill.train.checkpoint import checkpoints_newest_first
@@ -115,6 +115,27 @@ def train_image_teacher(config: ImageTeacherConfig, out_dir: str | Path, resume:
     teacher_dir = export_teacher(unet, base, config, out_dir / "teacher", training)
     write_model_card(teacher_dir, config, training, log)
     return ImageTeacherRun(out_dir, teacher_dir, seconds, result.step, final_mse)
+
+
+def export_from_checkpoint(config: ImageTeacherConfig, out_dir: str | Path, dest: Path | None = None,
+                           log: Callable[[str], None] = print) -> Path:
+    """Export ``out_dir/teacher`` (or ``dest``) with its model card from the newest readable checkpoint's EMA
+    weights (e.g. of a run still training, or one that was stopped)."""
+    from gendistill.train.checkpoint import load_module_state, read_newest_readable
+
+    out_dir = Path(out_dir)
+    if not checkpoints_newest_first(out_dir / "checkpoints"):
+        raise UserError(f"no checkpoint in {out_dir / 'checkpoints'} to export")
+    data, _ = read_newest_readable(out_dir / "checkpoints")
+    base = load_base(config.base)
+    embed_dim = int(data.weights["unet/encoder_hid_proj.weight"].shape[1])
+    unet = image_camera_unet(base.unet, embed_dim, torch.Generator().manual_seed(config.seed))
+    load_module_state(unet, data.ema if data.ema is not None else
+                      {k[len("unet/"):]: v for k, v in data.weights.items() if k.startswith("unet/")})
+    training = {"steps": int(data.meta["step"]), "seconds_this_call": 0.0, "final_train_mse": float("nan")}
+    folder = export_teacher(unet, base, config, dest or out_dir / "teacher", training)
+    write_model_card(folder, config, training, log)
+    return folder
 
 
 def export_teacher(unet: torch.nn.Module, base: BaseTeacher, config: ImageTeacherConfig, folder: Path,
