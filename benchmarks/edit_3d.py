@@ -4,7 +4,7 @@
         [--objects-dir /work/runs/edit3d-objects] [--runs-dir /work/runs/edit3d-bench] [--set KEY=VALUE ...]
 
 Scenes: two text-to-3D results (``gendistill text-to-3d CAPTION --seed 0``, made on first use and cached in
-``--objects-dir``) scaled by 0.5 and set side by side at y = -0.6 and y = +0.6 (the front camera looks along
+``--objects-dir``) scaled by 0.7 and set side by side at y = -0.55 and y = +0.55 (the front camera looks along
 -x, so they stand left and right of each other), merged into one PLY (``render.gaussian_sets.merge_plys``).
 Each edit asks for a new colour of one of them (prompt "a green cube", target word "cube").
 
@@ -40,13 +40,15 @@ SCENES = {"cube-sphere": ("a red cube", "a blue sphere"), "cylinder-cone": ("a g
 EDITS = [("cube-sphere", 0, "a green cube", "cube"), ("cube-sphere", 1, "a yellow sphere", "sphere"),
          ("cylinder-cone", 0, "a red cylinder", "cylinder"), ("cylinder-cone", 1, "a yellow cone", "cone"),
          ("cube-sphere", 0, "a yellow cube", "cube"), ("cylinder-cone", 1, "a blue cone", "cone")]
+SCALE, OFFSET = 0.7, 0.55
+"""Each object is scaled by SCALE and set at y = -OFFSET (left in the front view) or +OFFSET (right)."""
 ROWS = {"unlocalised": "shapes-edit-3d-unlocalised", "gseditpro": "shapes-edit-3d", "oracle": "shapes-edit-3d"}
 
 
 def placements():
     from gendistill.render.gaussian_sets import Placement
 
-    return (Placement(0.5, (0.0, -0.6, 0.0)), Placement(0.5, (0.0, 0.6, 0.0)))
+    return (Placement(SCALE, (0.0, -OFFSET, 0.0)), Placement(SCALE, (0.0, OFFSET, 0.0)))
 
 
 def ensure_object(caption: str, objects_dir: Path) -> Path:

@@ -115,6 +115,20 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
     return ((rgb - 0.5) / SH_C0)[:, None, :]
 
 
+@torch.no_grad()
+def revive_clamped_colours(params: GaussianParams) -> int:
+    """Raise every degree-0 colour channel that sits below 0 (the renderer clamps it there, and no gradient
+    passes the clamp) to exactly 0, in place: the renders do not change, and the channel can be optimised again
+    (a saturated text-to-3D object has its other channels far below 0, so an edit could never bring them up).
+    Only for view-independent Gaussians (SH degree 0); returns how many channels were raised."""
+    if params.sh_degree != 0:
+        return 0
+    floor = rgb_to_sh0(torch.zeros(1, 3, device=params.sh0.device, dtype=params.sh0.dtype))
+    low = params.sh0 < floor
+    params.sh0.copy_(torch.where(low, floor, params.sh0))
+    return int(low.sum())
+
+
 def init_from_points(points: Tensor, colors: Tensor, *, sh_degree: int = 3, opacity: float = 0.1,
                      scale_factor: float = 1.0) -> GaussianParams:
     """Isotropic Gaussians at ``points`` (N, 3) with colours (N, 3) in [0, 1], gsplat simple_trainer style.

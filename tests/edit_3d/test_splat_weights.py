@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gendistill.render.gaussian_sets import Placement, concat_gaussians, gaussian_subset, placed_gaussians
-from gendistill.render.gaussians import GaussianParams, GaussianRenderer, rgb_to_sh0
+from gendistill.render.gaussians import GaussianParams, GaussianRenderer, revive_clamped_colours, rgb_to_sh0
 from gendistill.render.rasterize_torch import rasterize_gaussians
 from gendistill.render.rig import orbit
 from gendistill.render.splat_weights import splat_weights
@@ -63,3 +63,15 @@ def test_placement_inverse_and_concat_round_trip():
     both = concat_gaussians([params, moved])
     assert len(both) == 4 and torch.equal(gaussian_subset(both, torch.tensor([False, False, True, True])).means,
                                           moved.means)
+
+
+def test_reviving_clamped_colours_keeps_the_render_and_frees_the_gradient():
+    params = two_gaussians()
+    with torch.no_grad():
+        params.sh0[0, 0, 1] = -5.0  # green far below the clamp: renders 0, and no gradient passes
+    cams, renderer = orbit(1, 0.0, width=16, height=16), GaussianRenderer()
+    before = renderer.render(params, cams).rgb.detach()
+    assert revive_clamped_colours(params) == 1
+    assert torch.equal(renderer.render(params, cams).rgb.detach(), before)
+    renderer.render(params, cams).rgb[:, 1].sum().backward()
+    assert params.sh0.grad[0, 0, 1] != 0

@@ -28,6 +28,7 @@ from gendistill.jobs.edit_3d.config import Edit3DConfig
 from gendistill.jobs.edit_3d.outputs import Edit3DResult, write_outputs
 from gendistill.jobs.text_to_3d.run import OnStep, _flat_row, trainer_config, view_sampler
 from gendistill.jobs.text_to_3d.run import validate as validate_text3d
+from gendistill.render.gaussians import revive_clamped_colours
 from gendistill.render.rig import orbit
 from gendistill.render.scenes.selective_gaussians import SelectiveGaussianScene
 from gendistill.score.edit_mask import WORD
@@ -66,6 +67,7 @@ def _build(config: Edit3DConfig,
         torch.manual_seed(config.seed)
         guidance = config.method.build(model)
     inner = config.scene.build(torch.Generator().manual_seed(config.seed), device, config.iterations)
+    revive_clamped_colours(inner.params)  # same renders; colours saturated at 0 can change again
     scene = SelectiveGaussianScene(inner, config.pseudo_gt_weight)
     if selection is not None:
         scene.select(selection)
