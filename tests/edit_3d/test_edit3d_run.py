@@ -104,6 +104,7 @@ def test_bad_input_is_one_line(two_objects, tmp_path, capsys, args, message):
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_every_preset_loads_and_checks(preset):
-    cfg = load_edit3d_config(preset)
-    assert cfg.iterations > 0 and cfg.localisation.every > 0
+def test_every_preset_runs_two_steps_on_tiny_components(preset, tiny, two_objects, tmp_path):
+    cfg = load_edit3d_config(preset, [f"model={tiny}", *SMALL, "iterations=2", "resolution=16"])
+    result = run_edit_3d(two_objects, "a green cube", "cube", cfg, tmp_path, progress=False)
+    assert result.steps == 2 and (tmp_path / "scene.ply").is_file()
