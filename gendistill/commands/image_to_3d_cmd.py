@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
                        formatter_class=DefaultsFormatter)
     p.add_argument("image", help="the input image (PNG/JPEG; transparency is composited on white)")
     p.add_argument("--model", default=None, help="image/camera teacher folder; default: shapes-image-teacher")
-    p.add_argument("--config", default=None,
-                   help="YAML config, or a shipped preset by name (see configs/image-to-3d/)")
+    p.add_argument("--config", default="shapes-image-to-3d",
+                   help="YAML config, or a shipped preset by name (configs/image-to-3d/: shapes-image-to-3d, or the "
+                        "baseline shapes-image-to-3d-reference)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set iterations=300 (repeatable)")
     p.add_argument("--seed", type=int, default=None, help="random seed; default: the config's (0)")
@@ -44,8 +45,7 @@ def run(args) -> int:
     for key, value in (("model", args.model), ("seed", args.seed)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    preset = resolve_preset(args.config, "image-to-3d") if args.config else None
-    config = load_image3d_config(preset, overrides)
+    config = load_image3d_config(resolve_preset(args.config, "image-to-3d"), overrides)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     result = run_image_to_3d(args.image, config, args.out, resume=args.resume, log=log)
     print(f"scene: {result.ply} ({result.scene.describe()}, {result.seconds:.0f} s); "
