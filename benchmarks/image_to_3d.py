@@ -115,7 +115,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
     for method in PRESETS:
         mine = [r for r in rows if r["method"] == method]
         if mine:
-            mean = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
+            mean = lambda k, rows=mine: sum(r[k] for r in rows) / len(rows)  # noqa: E731
             met = sum(all(targets(r).values()) for r in mine)
             out.append(f"| {method} | {len(mine)} | {mean('iou'):.3f} | {mean('colour_accuracy'):.3f} | "
                        f"{mean('sweep_iou_std'):.4f} | {met}/{len(mine)} |")

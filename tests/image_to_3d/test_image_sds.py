@@ -5,7 +5,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from gendistill.backends.image_camera_model import ImageCameraCondition
 from gendistill.diffusion.timesteps import TimestepRange
 from gendistill.score.image_sds import ImageSDSConfig
 from gendistill.score.reference_view import ReferenceViewLoss

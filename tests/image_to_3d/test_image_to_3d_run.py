@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from gendistill.cli import main as cli_main
 from gendistill.config import load_config
