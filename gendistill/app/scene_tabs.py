@@ -14,48 +14,15 @@ from gendistill.app.edit_tab import _captions, _pil
 from gendistill.app.models import Workspace, check_number
 from gendistill.app.scene_jobs import (DEFAULT_EDIT_3D_ITERATIONS, DEFAULT_IMAGE_ITERATIONS, MAX_SCENE_ITERATIONS,
                                        latest_scene, parse_edit3d_settings, parse_image3d_settings)
+from gendistill.app.job_stream import stop_handler, stream_job
 from gendistill.app.scene_view import VIEWER_HEIGHT_PX
-from gendistill.app.text_to_3d_jobs import Progress, Text3DJobs, downloads, viewed_file
-from gendistill.app.text_to_3d_tab import MESH_CAMERA, _loss_frame, _renders_image
+from gendistill.app.text_to_3d_jobs import Text3DJobs
+from gendistill.app.text_to_3d_tab import MESH_CAMERA
 from gendistill.errors import UserError
 
 
 def _session(request: gr.Request | None) -> str | None:
     return request.session_hash if request else None
-
-
-def _status(progress: Progress, iterations: int, what: str) -> str:
-    done = f"step {progress.step + 1} of {iterations}" if progress.steps else ""
-    loss = f" · loss {progress.losses[-1]:.4g}" if progress.losses else ""
-    if progress.outcome == "stopped":
-        return f"**Stopped** at {done or 'the start'}{loss}: the scene so far is shown"
-    if progress.outcome == "done":
-        return f"**Done**: {what} · {iterations} iterations{loss}"
-    return f"Running: {done}{loss}" if done else "Loading the models…"
-
-
-def _stream(jobs: Text3DJobs, settings, session: str | None, what: str, final):
-    """Yield (renders, loss, status, *final outputs skipped) while the job runs, then the final outputs."""
-    try:
-        for progress, out_dir in jobs.run(settings, session):
-            if progress.outcome is None:
-                yield (_renders_image(progress.renders), _loss_frame(progress),
-                       _status(progress, settings.iterations, what), gr.skip(), gr.skip(), gr.skip())
-    except UserError as err:
-        raise gr.Error(str(err), print_exception=False) from None
-    if progress.outcome == "error":
-        raise gr.Error(progress.message, print_exception=False)
-    if progress.message:
-        gr.Warning(progress.message)
-    yield (_renders_image(progress.renders), _loss_frame(progress), _status(progress, settings.iterations, what),
-           *final(out_dir))
-
-
-def _scene_outputs(gif_name: str):
-    def final(out_dir):
-        scene, gif = viewed_file(out_dir, "gaussians"), out_dir / gif_name
-        return (str(scene) if scene else None, str(gif) if gif.is_file() else None, downloads(out_dir) or None)
-    return final
 
 
 def _progress_column(prefix: str, gif_label: str):
@@ -90,8 +57,9 @@ def build_image_to_3d_tab(jobs: Text3DJobs, workspace: Workspace) -> None:
             settings = parse_image3d_settings(path, reference_loss, iterations)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        what = "with the reference-view loss (baseline)" if settings.reference_loss else "SDS from the image's CLIP embedding"
-        yield from _stream(jobs, settings, _session(request), what, _scene_outputs("turntable.gif"))
+        done_as = ("with the reference-view loss (baseline)" if settings.reference_loss
+                   else "SDS from the image's CLIP embedding")
+        yield from stream_job(jobs, settings, _session(request), done_as)
 
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
@@ -117,7 +85,7 @@ def build_image_to_3d_tab(jobs: Text3DJobs, workspace: Workspace) -> None:
     use.click(pick, [caption, azimuth], [image], api_name="image_source")
     run.click(handle, [image, reference_loss, iterations], [renders, loss, status, scene, turntable, files],
               api_name="image_to_3d", concurrency_id="compute", concurrency_limit=1)
-    stop_button.click(_stop_of(jobs), None, [status], api_name="stop_image_to_3d", queue=False)
+    stop_button.click(stop_handler(jobs), None, [status], api_name="stop_image_to_3d", queue=False)
 
 
 def build_edit_3d_tab(jobs: Text3DJobs, workspace: Workspace) -> None:
@@ -128,8 +96,8 @@ def build_edit_3d_tab(jobs: Text3DJobs, workspace: Workspace) -> None:
                                              iterations)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        what = f"{'localised' if settings.localised else 'unlocalised'} edit of {settings.target!r}"
-        yield from _stream(jobs, settings, _session(request), what, _scene_outputs("before_after.gif"))
+        done_as = f"{'localised' if settings.localised else 'unlocalised'} edit of {settings.target!r}"
+        yield from stream_job(jobs, settings, _session(request), done_as, animation="before_after.gif")
 
     gr.Markdown("Edits the **newest scene made in the Text to 3D tab** of this page: only the Gaussians where the "
                 "teacher attends to the target word change (GSEditPro's attention-based localisation).")
@@ -152,11 +120,4 @@ def build_edit_3d_tab(jobs: Text3DJobs, workspace: Workspace) -> None:
 
     run.click(handle, [prompt, target, localised, iterations], [renders, loss, status, scene, before_after, files],
               api_name="edit_3d", concurrency_id="compute", concurrency_limit=1)
-    stop_button.click(_stop_of(jobs), None, [status], api_name="stop_edit_3d", queue=False)
-
-
-def _stop_of(jobs: Text3DJobs):
-    """The Stop button's handler for ``jobs`` (gradio passes the request to a parameter annotated gr.Request)."""
-    def stop(request: gr.Request):
-        return "stopping…" if jobs.stop(_session(request)) else "nothing is running"
-    return stop
+    stop_button.click(stop_handler(jobs), None, [status], api_name="stop_edit_3d", queue=False)

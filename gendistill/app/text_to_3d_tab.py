@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from gendistill.app.job_stream import stop_handler, stream_job
 from gendistill.app.scene_view import VIEWER_HEIGHT_PX
-from gendistill.app.text_to_3d_jobs import (DEFAULT_ITERATIONS, MAX_ITERATIONS, METHODS, REPRESENTATIONS, Progress,
-                                            Text3DJobs, Text3DSettings, downloads, nerf_available, parse_settings,
-                                            viewed_file)
+from gendistill.app.text_to_3d_jobs import (DEFAULT_ITERATIONS, MAX_ITERATIONS, METHODS, REPRESENTATIONS, Text3DJobs,
+                                            nerf_available, parse_settings)
 from gendistill.errors import UserError
 
 SCENE_BACKGROUND = "#f2f2f2"
@@ -25,57 +25,15 @@ world units, ~20 deg above the horizon at 3.5x the unit ball's radius, the objec
 gradio passes no camera to its splat viewer; ``scene_view.py`` frames the splats instead."""
 
 
-def _renders_image(images):
-    """The step's renders, (B, 3, H, W) in [0, 1], as one PIL image (a row of up to 4); None before any."""
-    from gendistill.render.images import make_grid, to_pil
-
-    if images is None:
-        return None
-    images = images.detach().float().cpu()
-    return to_pil(make_grid(images, columns=min(4, len(images))))
-
-
-def _loss_frame(progress: Progress):
-    import pandas as pd
-
-    return pd.DataFrame({"step": progress.steps, "loss": progress.losses})
-
-
-def _status(progress: Progress, settings: Text3DSettings, has_scene: bool = False) -> str:
-    done = f"step {progress.step + 1} of {settings.iterations}" if progress.steps else ""
-    loss = f" · loss {progress.losses[-1]:.4g}" if progress.losses else ""
-    if progress.outcome == "stopped":
-        shown = "the scene so far is shown" if has_scene else "the renders and loss so far are shown"
-        return f"**Stopped** at {done or 'the start'}{loss}: {shown}"
-    if progress.outcome == "done":
-        return f"**Done**: {settings.method} · {settings.representation} · {settings.iterations} iterations{loss}"
-    return f"Running: {done}{loss}" if done else "Loading the model…"
-
-
 def build_text_to_3d_tab(jobs: Text3DJobs) -> None:
     """The tab's components, its ``text_to_3d`` endpoint and the Stop button (call inside ``gr.Blocks``)."""
     def handle(prompt, method, representation, iterations, request: gr.Request):
         try:
             settings = parse_settings(prompt, method, representation, iterations)
-            yield gr.skip(), None, "Loading the model…", None, None, None  # clear the last run's results
-            for progress, out_dir in jobs.run(settings, request.session_hash if request else None):
-                if progress.outcome is None:
-                    yield (_renders_image(progress.renders), _loss_frame(progress), _status(progress, settings),
-                           gr.skip(), gr.skip(), gr.skip())
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        if progress.outcome == "error":
-            raise gr.Error(progress.message, print_exception=False)
-        if progress.message:
-            gr.Warning(progress.message)
-        scene = viewed_file(out_dir, settings.representation)
-        gif = out_dir / "turntable.gif"
-        yield (_renders_image(progress.renders), _loss_frame(progress), _status(progress, settings, scene is not None),
-               str(scene) if scene else None, str(gif) if gif.is_file() else None, downloads(out_dir) or None)
-
-    def stop(request: gr.Request):
-        ended = jobs.stop(request.session_hash if request else None)
-        return "stopping…" if ended else "nothing is running"
+        yield from stream_job(jobs, settings, request.session_hash if request else None,
+                              f"{settings.method} · {settings.representation}", settings.representation)
 
     nerf_note = "nerf: a radiance field, shown as its mesh" if nerf_available() else (
         "nerf needs pip install gendistill[nerf] on the server")
@@ -112,4 +70,4 @@ def build_text_to_3d_tab(jobs: Text3DJobs) -> None:
     run.click(handle, [prompt, method, representation, iterations],
               [renders, loss, status, scene, turntable, files], api_name="text_to_3d",
               concurrency_id="compute", concurrency_limit=1, preprocess=False)  # raw values, checked here
-    stop_button.click(stop, None, [status], api_name="stop", queue=False)
+    stop_button.click(stop_handler(jobs), None, [status], api_name="stop", queue=False)
