@@ -124,7 +124,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
     if pairs:
         lower = sum(a["sweep_iou_std"] < b["sweep_iou_std"] for a, b in pairs)
         out += ["", f"Azimuth spread (sweep IoU std) lower with Isotropic3D than with the reference loss: "
-                    f"{lower}/{len(pairs)} shapes."]
+                    f"{lower}/{len(pairs)} (shape, seed) pairs."]
     return out
 
 
