@@ -12,9 +12,9 @@ from gendistill.errors import RunStopped, UserError
 def build_parser() -> argparse.ArgumentParser:
     from gendistill.commands import (
         convert_nerf_cmd, demo_cmd, distill_cmd, edit3d_cmd, edit_cmd, eval3d_cmd, eval_cmd, fit_nerf_cmd,
-        generate_cmd, sketch_cmd, stylize_cmd, text_to_3d_cmd, train_clip_cmd, train_teacher_cmd,
+        generate_cmd, image_to_3d_cmd, sketch_cmd, stylize_cmd, text_to_3d_cmd, train_clip_cmd,
+        train_image_teacher_cmd, train_teacher_cmd,
     )
-    from gendistill.commands import image_to_3d_cmd, train_image_teacher_cmd
 
     parser = OneLineParser(prog="gendistill", description="Distil diffusion models into few-step generators "
                                                           "(DMD2, LCM, progressive) and into 3D assets.")
