@@ -11,10 +11,10 @@ import gradio as gr
 
 from gendistill.app.edit_jobs import image_tensor, shapes_render
 from gendistill.app.edit_tab import _captions, _pil
+from gendistill.app.job_stream import stop_handler, stream_job
 from gendistill.app.models import Workspace, check_number
 from gendistill.app.scene_jobs import (DEFAULT_EDIT_3D_ITERATIONS, DEFAULT_IMAGE_ITERATIONS, MAX_SCENE_ITERATIONS,
                                        latest_scene, parse_edit3d_settings, parse_image3d_settings)
-from gendistill.app.job_stream import stop_handler, stream_job
 from gendistill.app.scene_view import VIEWER_HEIGHT_PX
 from gendistill.app.text_to_3d_jobs import Text3DJobs
 from gendistill.app.text_to_3d_tab import MESH_CAMERA
