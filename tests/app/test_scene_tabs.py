@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NEEDS_GRADIO
+NEEDS_GRADIO = "the demo tests need gradio and gradio_client: pip install -e '.[demo]'"
 
 pytest.importorskip("gradio", reason=NEEDS_GRADIO)
 pytest.importorskip("gradio_client", reason=NEEDS_GRADIO)
