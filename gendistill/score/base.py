@@ -44,7 +44,8 @@ class ScoreGuidance(Protocol):
         """The guidance on ``images`` (B, 3, H, W) in [0, 1], one prompt per image, at ``step`` (0-based) of
         ``total_steps``. Randomness (timesteps first, then noise) comes from ``generator`` only.
         ``camera_features`` (B, camera_dim) is read by methods whose fake score is camera-conditioned (VSD);
-        others ignore it."""
+        others ignore it. A guidance whose class sets ``reads_depth = True`` (structure-aware SDS) also gets
+        ``depth=DepthViews(depth, alpha)``, the render's expected depth and coverage."""
 
     def extra_phases(self) -> list[Phase]:
         """The guidance's own trainable phases, run by the job beside the scene's (VSD: ``fake_score``, its
