@@ -7,6 +7,9 @@ centre ``(u + 0.5, v + 0.5)``; its direction has camera-frame z = 1 (not unit le
 Samples are bins ``[t_i, t_(i+1))`` between the ray's entry into and exit from the field's cube; the field is
 evaluated once per bin (at a uniform jitter inside it when a generator is given, at its middle otherwise),
 and the bin's opacity is ``1 - exp(-density * (t_(i+1) - t_i) * |d|)`` (NeRF's quadrature).
+
+With an occupancy grid (:mod:`gendistill.render.nerf.occupancy`, training only), each ray's bins span just
+its stretch through occupied cells, and samples in empty cells get zero density without a field query.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from gendistill.render.cameras import Cameras
+from gendistill.render.nerf.occupancy import OccupancyGrid
 
 
 @dataclass(frozen=True)
@@ -112,36 +116,53 @@ def composite(density: Tensor, rgb: Tensor, deltas: Tensor) -> tuple[Tensor, Ten
 
 def render_rays(field, origins: Tensor, directions: Tensor, num_samples: int,
                 generator: torch.Generator | None = None, background: Tensor | None = None,
-                num_importance: int = 0) -> RayRender:
+                num_importance: int = 0, occupancy: OccupancyGrid | None = None) -> RayRender:
     """Render N rays (origins, directions: (N, 3)) through ``field`` (anything with ``forward(x, d)`` returning
     density and rgb and a ``config.bound``).
 
     ``generator`` jitters the samples (training); without it they are deterministic. ``background`` (3,) or
     (N, 3) is composited behind (None: black). ``num_importance`` > 0 adds that many samples drawn from a
-    first, gradient-free pass's weights (NeRF's hierarchical sampling, with one field).
+    first, gradient-free pass's weights (NeRF's hierarchical sampling, with one field). ``occupancy`` skips
+    empty space (see the module docstring).
     """
-    edges, t = _bins_and_samples(field, origins, directions, num_samples, generator, num_importance)
-    return _evaluate(field, origins, directions, edges, t, background)
+    edges, t = _bins_and_samples(field, origins, directions, num_samples, generator, num_importance, occupancy)
+    return _evaluate(field, origins, directions, edges, t, background, occupancy)
 
 
 def _bins_and_samples(field, origins: Tensor, directions: Tensor, num_samples: int,
-                      generator: torch.Generator | None, num_importance: int) -> tuple[Tensor, Tensor]:
+                      generator: torch.Generator | None, num_importance: int,
+                      occupancy: OccupancyGrid | None = None) -> tuple[Tensor, Tensor]:
     """Bin edges (N, S' + 1) and sample parameters (N, S') of rays, S' = num_samples + num_importance."""
     near, far = intersect_cube(origins, directions, field.config.bound)
+    if occupancy is not None:
+        near, far = occupancy.span(origins, directions, near, far)
     edges = stratified_bins(near, far, num_samples)
     if num_importance > 0:
         with torch.no_grad():
-            coarse = _evaluate(field, origins, directions, edges, sample_points(edges, generator))
+            coarse = _evaluate(field, origins, directions, edges, sample_points(edges, generator), None, occupancy)
         edges = importance_bins(edges, coarse.weights, num_importance, generator)
     return edges, sample_points(edges, generator)
 
 
+def query_field(field, positions: Tensor, directions: Tensor,
+                occupancy: OccupancyGrid | None = None) -> tuple[Tensor, Tensor]:
+    """Density (M,) and rgb (M, 3) at positions and directions (M, 3); with ``occupancy``, only the positions
+    in occupied cells go through the field, the others get density 0 and rgb 0 (and no gradient)."""
+    if occupancy is None:
+        return field(positions, directions)
+    keep = occupancy.contains(positions).nonzero().squeeze(1)
+    density, rgb = field(positions[keep], directions[keep])
+    m = positions.shape[0]
+    return (density.new_zeros(m).index_put((keep,), density),
+            rgb.new_zeros(m, rgb.shape[-1]).index_put((keep,), rgb))
+
+
 def _evaluate(field, origins: Tensor, directions: Tensor, edges: Tensor, t: Tensor,
-              background: Tensor | None = None) -> RayRender:
+              background: Tensor | None = None, occupancy: OccupancyGrid | None = None) -> RayRender:
     n, s = t.shape
     positions = origins[:, None, :] + t[..., None] * directions[:, None, :]
     dirs = directions[:, None, :].expand(n, s, 3)
-    density, rgb = field(positions.reshape(-1, 3), dirs.reshape(-1, 3))
+    density, rgb = query_field(field, positions.reshape(-1, 3), dirs.reshape(-1, 3), occupancy)
     deltas = (edges[:, 1:] - edges[:, :-1]) * directions.norm(dim=-1, keepdim=True)
     weights, color = composite(density.view(n, s), rgb.view(n, s, 3), deltas)
     alpha = weights.sum(dim=-1)
@@ -154,11 +175,13 @@ def _evaluate(field, origins: Tensor, directions: Tensor, edges: Tensor, t: Tens
 
 def render_cameras(field, cameras: Cameras, num_samples: int = 64, background: Tensor | None = None,
                    chunk: int = 4096, generator: torch.Generator | None = None,
-                   num_importance: int = 0) -> tuple[Tensor, Tensor]:
+                   num_importance: int = 0, occupancy: OccupancyGrid | None = None,
+                   checkpoint_chunks: bool = True) -> tuple[Tensor, Tensor]:
     """Render every camera: rgb (C, 3, H, W) and alpha (C, 1, H, W), differentiable.
 
-    Rays go through the field ``chunk`` at a time; when gradients are on, each chunk is checkpointed (its
-    activations are recomputed in the backward pass), so a 64x64 view with 64 samples per ray stays small.
+    Rays go through the field ``chunk`` at a time; when gradients are on and ``checkpoint_chunks``, each chunk
+    is checkpointed (its activations are recomputed in the backward pass: one more forward pass of the field,
+    for memory), so a 64x64 view with 64 samples per ray stays small. ``occupancy`` skips empty space.
     """
     param = next(field.parameters())
     cameras = cameras.to(param.device, param.dtype)
@@ -170,7 +193,8 @@ def render_cameras(field, cameras: Cameras, num_samples: int = 64, background: T
     for start in range(0, origins.shape[0], chunk):
         part = slice(start, start + chunk)
         bg = background[part] if background is not None else None
-        c, a = _render_chunk(field, origins[part], directions[part], num_samples, bg, generator, num_importance)
+        c, a = _render_chunk(field, origins[part], directions[part], num_samples, bg, generator, num_importance,
+                             occupancy, checkpoint_chunks)
         rgb.append(c)
         alpha.append(a)
     c, h, w = len(cameras), cameras.height, cameras.width
@@ -178,15 +202,17 @@ def render_cameras(field, cameras: Cameras, num_samples: int = 64, background: T
     return rgb_img, torch.cat(alpha).view(c, 1, h, w)
 
 
-def _render_chunk(field, origins, directions, num_samples, background, generator, num_importance):
+def _render_chunk(field, origins, directions, num_samples, background, generator, num_importance,
+                  occupancy=None, checkpoint_chunks=True):
     """(rgb, alpha) of a chunk of rays; the sample positions are drawn outside the checkpointed part so that
     the recomputation in the backward pass sees the same ones."""
-    edges, t = _bins_and_samples(field, origins, directions, num_samples, generator, num_importance)
+    edges, t = _bins_and_samples(field, origins, directions, num_samples, generator, num_importance, occupancy)
 
     def run(o, d, e, tt, bg):
-        out = _evaluate(field, o, d, e, tt, bg)
+        out = _evaluate(field, o, d, e, tt, bg, occupancy)
         return out.rgb, out.alpha
 
-    if torch.is_grad_enabled() and any(p.requires_grad for p in field.parameters()):
+    training = torch.is_grad_enabled() and any(p.requires_grad for p in field.parameters())
+    if training and checkpoint_chunks:
         return checkpoint(run, origins, directions, edges, t, background, use_reentrant=False)
     return run(origins, directions, edges, t, background)

@@ -2,6 +2,11 @@
 rendered from the training cameras with jittered samples, its parameter groups with decaying rates, and a
 fading density blob at the centre while it trains (DreamFusion / Magic3D).
 
+Three aids make training cheaper or cleaner, each off by default: an occupancy grid that skips empty space
+(``occupancy``, Instant-NGP / nerfacc), coarse-to-fine rendering (``coarse_scale`` for the first
+``coarse_fraction`` of the run, upsampled to the asked size: Magic3D's low-resolution first stage) and a total
+variation prior on a TensoRF field's planes and lines (``plane_tv_weight``, TensoRF).
+
 Exports: ``field.safetensors`` (the checkpoint ``gendistill eval-3d`` reloads) and the marching-cubes mesh
 ``scene_mesh.ply`` (plus ``.obj`` / ``.glb``, ``nerf.mesh.formats``) with the field's colours per vertex.
 """
@@ -20,7 +25,10 @@ from torch import Tensor, nn
 from gendistill.errors import UserError, check_range, key_path
 from gendistill.recipe import ParamGroup, Update
 from gendistill.render.cameras import Cameras
+from gendistill.render.nerf.coarse import coarse_cameras, upsample_render
 from gendistill.render.nerf.fields import FieldConfig, HashGridSizes
+from gendistill.render.nerf.occupancy import OccupancyConfig, OccupancyGrid
+from gendistill.render.nerf.priors import tensorf_total_variation
 
 CHECKPOINT_FILE = "field.safetensors"
 """The field, as ``gendistill.render.nerf.save_field`` writes it."""
@@ -128,6 +136,18 @@ class NerfSceneConfig:
     """Weight of the mean rendered opacity added to the loss (a sparsity prior against fog; 0: off)."""
     chunk: int = 8192
     """Rays through the field at a time (memory)."""
+    checkpoint: bool = True
+    """Recompute each chunk's activations in the backward pass: less memory, one more pass of the field."""
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    """An occupancy grid that skips empty space in training renders (``resolution`` 0: off)."""
+    coarse_scale: float = 1.0
+    """Training renders of the first ``coarse_fraction`` of the run are made at this fraction of the asked
+    size, then upsampled to it (Magic3D's coarse stage: cheap early steps shape the object); 1: off."""
+    coarse_fraction: float = 0.0
+    """Fraction of the run rendered at ``coarse_scale``."""
+    plane_tv_weight: float = 0.0
+    """Weight of the total variation of a TensoRF field's planes and lines (TensoRF's smoothness prior: mean
+    squared difference of neighbouring cells); 0: off, and no effect on other architectures."""
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """The exported mesh."""
     # last: from here on the class body's ``field`` is this attribute, not dataclasses.field
@@ -147,6 +167,10 @@ class NerfSceneConfig:
         check_range(key_path(path, "blob_radius"), self.blob_radius, 1e-6)
         check_range(key_path(path, "blob_fraction"), self.blob_fraction, 0.0, 1.0)
         check_range(key_path(path, "initial_density"), self.initial_density, 1e-8)
+        check_range(key_path(path, "coarse_scale"), self.coarse_scale, 1e-3, 1.0)
+        check_range(key_path(path, "coarse_fraction"), self.coarse_fraction, 0.0, 1.0)
+        check_range(key_path(path, "plane_tv_weight"), self.plane_tv_weight, 0.0)
+        self.occupancy.check(key_path(path, "occupancy"))
 
     def build(self, generator: torch.Generator, device: torch.device, total_steps: int) -> NerfScene:
         """A fresh field (seeded from ``generator``), the blob at full strength."""
@@ -177,8 +201,14 @@ class NerfScene:
 
     def __init__(self, field: nn.Module, config: NerfSceneConfig, total_steps: int = 0, blob: float = 0.0):
         self.field, self.config, self.total_steps = field, config, total_steps
-        self.trainee = BlobField(field, blob, config.blob_radius).to(next(field.parameters()).device)
+        device = next(field.parameters()).device
+        self.trainee = BlobField(field, blob, config.blob_radius).to(device)
         self.mesh = None
+        self.step = 0
+        """The step the next training render belongs to (the coarse-to-fine stage reads it)."""
+        o = config.occupancy
+        self.occupancy = (OccupancyGrid(field.config.bound, o.resolution, o.threshold, o.dilation, o.march_steps,
+                                        device) if o.resolution > 0 and total_steps > 0 else None)
 
     def parameter_groups(self) -> tuple[ParamGroup, ...]:
         """The field's groups (encoder, heads) at its suggested rates or ``lr``, decaying to ``lr_final``."""
@@ -193,9 +223,18 @@ class NerfScene:
         from gendistill.render.nerf import render_cameras
 
         c = self.config
-        rgb, alpha = render_cameras(self.trainee, cameras, c.num_samples, background, chunk=c.chunk,
-                                    generator=generator, num_importance=c.num_importance)
+        small = coarse_cameras(cameras, c.coarse_scale) if self.in_coarse_stage() else cameras
+        rgb, alpha = render_cameras(self.trainee, small, c.num_samples, background, chunk=c.chunk,
+                                    generator=generator, num_importance=c.num_importance,
+                                    occupancy=self.occupancy, checkpoint_chunks=c.checkpoint)
+        if small is not cameras:
+            rgb, alpha = upsample_render(rgb, alpha, cameras.height, cameras.width)
         return NerfRender(rgb, alpha)
+
+    def in_coarse_stage(self) -> bool:
+        """Whether this step's training renders are made small (the first ``coarse_fraction`` of the run)."""
+        c = self.config
+        return c.coarse_scale < 1.0 and self.step < c.coarse_fraction * self.total_steps
 
     @torch.no_grad()
     def render_views(self, cameras: Cameras, background: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,19 +246,47 @@ class NerfScene:
                               num_importance=c.num_importance)
 
     def regularisation(self, render: NerfRender, step: int) -> Tensor | None:
-        """The opacity penalty (a sparsity prior against fog), when weighted."""
-        return self.config.opacity_weight * render.alpha.mean() if self.config.opacity_weight > 0 else None
+        """The opacity penalty (a sparsity prior against fog) and the planes' total variation, when weighted."""
+        c, terms = self.config, []
+        if c.opacity_weight > 0:
+            terms.append(c.opacity_weight * render.alpha.mean())
+        if c.plane_tv_weight > 0:
+            tv = tensorf_total_variation(self.field.encoder)
+            if tv is not None:
+                terms.append(c.plane_tv_weight * tv)
+        return sum(terms) if terms else None
 
     def before_backward(self, step: int, render: NerfRender, cameras: Cameras) -> None:
         pass
 
     def after_update(self, update: Update, render: NerfRender, cameras: Cameras) -> dict[str, float]:
-        """Fade the blob; logs the mean opacity of the renders."""
+        """Fade the blob, refresh the occupancy grid on its schedule; logs the mean opacity of the renders (and
+        the share of occupied cells)."""
         c = self.config
         fade_steps = c.blob_fraction * self.total_steps
         strength = c.density_blob * max(0.0, 1.0 - (update.step + 1) / fade_steps) if fade_steps > 0 else 0.0
         self.trainee.strength.fill_(strength)
-        return {"mean_alpha": render.alpha.detach().mean().item()}
+        self.step = update.step + 1
+        logged = {"mean_alpha": render.alpha.detach().mean().item()}
+        if self.occupancy is not None:
+            if update.step % c.occupancy.update_every == 0:
+                # a generator of the step's own: the jitter repeats exactly on resume
+                self.occupancy.update(self.trainee.density, torch.Generator().manual_seed(update.step))
+            logged["occupied"] = self.occupancy.fraction
+        return logged
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """The step and the occupancy bits, so that a resumed run renders as the uninterrupted one would."""
+        state = {"nerf.step": torch.tensor(self.step)}
+        if self.occupancy is not None:
+            state["nerf.occupied"] = self.occupancy.occupied.clone()
+        return state
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if "nerf.step" in state:
+            self.step = int(state["nerf.step"])
+        if self.occupancy is not None and "nerf.occupied" in state:
+            self.occupancy.occupied = state["nerf.occupied"].to(self.occupancy.occupied.device).bool()
 
     def export(self, out_dir: Path) -> list[Path]:
         """``scene_mesh.ply`` (and the other mesh formats), then ``field.safetensors``."""
