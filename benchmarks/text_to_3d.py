@@ -31,8 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ("a red sphere", "a blue cube", "a green cylinder", "a yellow cone", "a purple torus")
 """One caption per shape of the shapes world, each in a different colour."""
-MODELS = {"teacher": "assets/shapes-teacher", "dmd2": "assets/shapes-dmd2-1step"}
-"""The ``--models`` names: the shipped teacher and its 1-step DMD2 student."""
+MODELS = {"teacher": "assets/shapes-teacher", "dmd2": "assets/shapes-dmd2-1step",
+          "dmd2-4step": "assets/shapes-dmd2-4step", "progressive": "assets/shapes-progressive-4step",
+          "phased-dmd": "assets/shapes-phased-dmd-4step", "boot": "assets/shapes-boot-1step",
+          "lcm": "assets/shapes-lcm-4step", "lcm-lora": "assets/shapes-lcm-lora", "multi-cfg": "assets/shapes-multi-cfg",
+          "koala": "assets/shapes-koala", "koala-dmd2": "assets/shapes-koala-dmd2-1step",
+          "flow-teacher": "assets/shapes-flow-teacher", "meanflow": "assets/shapes-meanflow"}
+"""The ``--models`` names: the shipped teacher (``dmd2``: its 1-step DMD2 student, the first student measured) and
+every shipped student, each guided as its card says (``model_guidance: auto``)."""
 METHODS = ("sds", "vsd", "csd", "npg", "sds-rgbd")
 TARGET_SECONDS, TARGET_IOU, TARGET_ACCURACY = 300.0, 0.75, 0.8
 """Issue 5: SDS on Gaussians, 2 CPU cores, IoU >= 0.75 and prompt accuracy >= 0.8 within 5 minutes."""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gendistill.backends.sampling_route import named_follower
+from gendistill.backends.student_card import StudentCard
 from gendistill.diffusion.adapters import (FlowDenoiser, LCMBoundaryDenoiser, VPDenoiser, guidance_embedding,
                                            network_dtype)
 from gendistill.diffusion.denoiser import TextCondition
@@ -22,6 +23,10 @@ from gendistill.diffusion.schedules import (DiscreteVPSchedule, FlowMatchSchedul
 from gendistill.diffusion.subinterval import SigmaSwitchDenoiser
 from gendistill.errors import UserError
 
+
+GuidanceKind = Literal["cfg", "embedded", "distilled"]
+"""How one guided prediction of a model is made: classifier-free guidance (two network passes), the scale
+embedded in a w-embedding UNet (one pass), or guidance distilled into the weights (the conditional pass alone)."""
 
 Boundary = Union[Literal["pipeline"], float, None]
 """LCM's boundary condition on a denoiser: as the pipeline's scheduler does, never (None), or always with
@@ -56,6 +61,11 @@ class TextToImageModel:
         self.negative_token = (getattr(pipe, "config", None) or {}).get("negative_token")
         """A multi-CFG student's marker token (``backends/multi_cfg_pipeline.py``): its condition is the prompt's
         encoding followed by that of ``"<neg> " + negative``, and its UNet embeds both guidance scales; else None."""
+        self.card = StudentCard.read(pipe.name_or_path) if getattr(pipe, "name_or_path", None) else None
+        """The folder's ``gendistill.json`` (None for a hub id or a folder without one); a LoRA student's own card
+        when ``backends.score_model`` fused it into its base."""
+        self.cfg_on_distilled = False
+        """Apply classifier-free guidance even to a guidance-distilled student (``guidance_kind`` "cfg")."""
         if getattr(pipe, "unet", None) is not None:
             self.family = "vp"
             self.alphas_cumprod = _alphas_cumprod(self.config)
@@ -78,6 +88,17 @@ class TextToImageModel:
     def embeds_guidance(self) -> bool:
         """True for UNets with the guidance scale distilled in (LCM's w-embedding): no CFG batch needed."""
         return self.family == "vp" and _embedding_width(self.network) is not None
+
+    @property
+    def guidance_kind(self) -> GuidanceKind:
+        """How a guided prediction is made: "embedded" for a w-embedding UNet (LCM, multi-CFG), "distilled" for a
+        student whose card samples at guidance 0 (DMD2, progressive, Phased DMD, BOOT, MeanFlow, LCM-LoRA: their
+        guidance is in the weights) unless ``cfg_on_distilled``, else "cfg"."""
+        if self.embeds_guidance:
+            return "embedded"
+        card = self.card
+        distilled = card is not None and card.is_student and card.guidance == 0
+        return "distilled" if distilled and not self.cfg_on_distilled else "cfg"
 
     def default_sampler(self) -> str:
         """The named gendistill sampler closest to the pipeline's own scheduler (``--sampler auto`` runs the

@@ -110,18 +110,31 @@ class Teacher:
         return self.conditions([prompt] * n) if prompt else self.unconditional(n)
 
     def denoiser(self, guidance: float = 1.0) -> nn.Module:
-        """The model's own denoiser; w-embedding (LCM) UNets get ``guidance`` embedded, others ignore it."""
+        """The model's own denoiser; w-embedding (LCM) UNets get ``guidance`` embedded, others ignore it. A
+        multi-CFG student embeds ``guidance`` as its prompt scale beside a negative scale of 0 (no negative)."""
         key = float(guidance) if self.model.embeds_guidance else 1.0
         if key not in self._denoisers:
-            self._denoisers[key] = self.model.denoiser(key)
+            negative = 0.0 if self.model.negative_token is not None else None
+            self._denoisers[key] = self.model.denoiser(key, negative_guidance=negative)
         return self._denoisers[key]
 
+    @property
+    def passes_per_prediction(self) -> int:
+        """Network passes per guided prediction at a scale above 1: 2 under CFG, 1 when the guidance is embedded
+        or distilled into the model."""
+        return 2 if self.model.guidance_kind == "cfg" else 1
+
     def guided(self, n: int, scale: float, rescale: float = 0.0, negative_prompt: str = "") -> CFGDenoiser:
-        """``D_u + scale (D_c - D_u)`` with the negative prompt as ``u``. A w-embedding UNet has the scale
-        distilled in: it is embedded and its conditional prediction used (no negative prompt, as diffusers'
-        LCM pipelines). Scales <= 1 use the conditional prediction alone (diffusers' rule)."""
-        if self.model.embeds_guidance:
+        """``D_u + scale (D_c - D_u)`` with the negative prompt as ``u``, by the model's ``guidance_kind``: a
+        w-embedding UNet gets the scale embedded and its conditional prediction is used (no negative prompt, as
+        diffusers' LCM pipelines); a guidance-distilled student's conditional prediction is used as it is (its
+        guidance is in its weights: CFG on top would apply it twice, at twice the cost). Scales <= 1 use the
+        conditional prediction alone (diffusers' rule)."""
+        kind = self.model.guidance_kind
+        if kind == "embedded":
             return CFGDenoiser(self.denoiser(scale), self.unconditional(n), 1.0)
+        if kind == "distilled":
+            return CFGDenoiser(self.denoiser(), self.unconditional(n), 1.0)
         return CFGDenoiser(self.denoiser(), self.negative(negative_prompt, n), scale, rescale)
 
     def branches(self, x: Tensor, sigma: Tensor, conds: list[TextCondition]) -> list[Tensor]:

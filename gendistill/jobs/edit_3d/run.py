@@ -19,14 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gendistill.backends.loading import load_pipeline
-from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import save_config
 from gendistill.devices import pick_device
 from gendistill.errors import UserError
 from gendistill.jobs.edit_3d.config import Edit3DConfig
 from gendistill.jobs.edit_3d.outputs import Edit3DResult, write_outputs
-from gendistill.jobs.text_to_3d.run import OnStep, _flat_row, trainer_config, view_sampler
+from gendistill.jobs.text_to_3d.run import OnStep, _flat_row, score_model, trainer_config, view_sampler
 from gendistill.jobs.text_to_3d.run import validate as validate_text3d
 from gendistill.render.gaussians import revive_clamped_colours
 from gendistill.render.rig import orbit
@@ -61,7 +59,7 @@ def localisation_cameras(config: Edit3DConfig, size: tuple[int, int]):
 def _build(config: Edit3DConfig,
            selection: Tensor | None) -> tuple[LocalisedEditRecipe, tuple[int, int], torch.device]:
     device = pick_device(config.device)
-    model = TextToImageModel(load_pipeline(config.model, device=str(device)))
+    model = score_model(config, device)
     size = model.image_size() if config.resolution is None else (config.resolution, config.resolution)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(config.seed)

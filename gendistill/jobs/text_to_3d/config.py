@@ -12,7 +12,7 @@ from typing import Literal
 
 from gendistill.config import load_config
 from gendistill.diffusion.timesteps import Decreasing
-from gendistill.errors import UserError, check_range, key_path
+from gendistill.errors import UserError, check_choice, check_range, key_path
 from gendistill.render.cameras import DISTANCE, FOV_DEG
 from gendistill.render.rig import ELEVATION_RANGE_DEG
 from gendistill.render.scenes.gaussians import GaussianSceneConfig
@@ -124,6 +124,16 @@ class Text3DConfig:
     model: str = "shapes-teacher"
     """Diffusers text-to-image folder, shipped model (shapes-teacher) or hub id whose score guides the
     optimisation."""
+    model_guidance: Literal["auto", "cfg"] = "auto"
+    """How the model's guided score is made: ``auto`` as the model is meant to be guided (the scale embedded in a
+    w-embedding student such as LCM or multi-CFG; the conditional prediction alone, one pass, for a student whose
+    guidance is distilled in, such as DMD2 or progressive; classifier-free guidance otherwise); ``cfg``
+    classifier-free guidance on a guidance-distilled student too (two passes)."""
+    lora: str | None = None
+    """A diffusers LoRA file or folder fused into ``model`` first (a LoRA student such as shapes-lcm-lora can
+    also be given as the model itself: its gendistill.json names its base)."""
+    lora_scale: float = 1.0
+    """Strength of ``lora``."""
     method: SDSConfig | VSDConfig | CSDConfig | NPGConfig | StructureAwareSDSConfig = field(default_factory=default_method)
     """Score distillation method; ``kind:`` picks sds, vsd, csd, npg or sds-rgbd (structure-aware SDS: RGB and
     depth scores, for scenes that render depth)."""
@@ -164,6 +174,7 @@ class Text3DConfig:
         check_range(key_path(path, "batch_size"), self.batch_size, 1)
         if self.resolution is not None:
             check_range(key_path(path, "resolution"), self.resolution, 8)
+        check_choice(key_path(path, "model_guidance"), self.model_guidance, ("auto", "cfg"))
         if getattr(self.method, "READS_DEPTH", False) and not getattr(self.scene, "RENDERS_DEPTH", False):
             raise UserError(f"{key_path(path, 'method.kind')}={self.method.KIND} scores the renders' depth, which a "
                             f"{self.scene.KIND} scene does not render; use scene.kind=gaussians")

@@ -90,9 +90,10 @@ def final_loss(history: list[dict]) -> float:
 
 
 def write_outputs(config: Text3DConfig, scene: Scene, history: list[dict], skipped: int, seconds: float,
-                  out_dir: Path, stop_reason: str | None = None) -> Text3DResult:
+                  out_dir: Path, stop_reason: str | None = None, facts: dict | None = None) -> Text3DResult:
     """Write every output of a run that did ``len(history) + skipped`` steps; ``stop_reason`` says why it
-    ended early (None: it ran all its iterations)."""
+    ended early (None: it ran all its iterations); ``facts`` (e.g. how the model was guided) go into
+    metrics.json."""
     files = scene.export(out_dir)
     tt = config.turntable
     frames = render_turntable(scene.render_views, tt.frames, tt.elevation_deg, tt.size, config.background,
@@ -107,7 +108,7 @@ def write_outputs(config: Text3DConfig, scene: Scene, history: list[dict], skipp
                                                        f"{config.prompt}")
     steps, loss = len(history) + skipped, final_loss(history)
     metrics = {"prompt": config.prompt, "method": config.method.KIND, "representation": config.representation,
-               "model": config.model, "steps": steps, "iterations": config.iterations,
+               "model": config.model, **(facts or {}), "steps": steps, "iterations": config.iterations,
                "stopped": stop_reason is not None, "stop_reason": stop_reason, "skipped_steps": skipped,
                "seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, len(history)), 4),
                **scene.summary(), "final_loss": loss,

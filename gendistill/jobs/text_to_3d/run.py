@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gendistill.backends.loading import load_pipeline
+from gendistill.backends.score_model import load_score_model
 from gendistill.backends.text_to_image import TextToImageModel
 from gendistill.config import check_config, save_config
 from gendistill.devices import pick_device
@@ -74,9 +74,15 @@ def view_sampler(config: Text3DConfig, size: tuple[int, int], device: torch.devi
     return sample
 
 
-def _build(config: Text3DConfig) -> tuple[SceneDistillationRecipe, tuple[int, int], torch.device]:
+def score_model(config: Text3DConfig, device: torch.device) -> TextToImageModel:
+    """The config's model (and LoRA) as the run's score, guided as ``model_guidance`` says."""
+    return load_score_model(config.model, str(device), config.lora, config.lora_scale,
+                            cfg_on_distilled=config.model_guidance == "cfg")
+
+
+def _build(config: Text3DConfig) -> tuple[SceneDistillationRecipe, tuple[int, int], torch.device, dict]:
     device = pick_device(config.device)
-    model = TextToImageModel(load_pipeline(config.model, device=str(device)))
+    model = score_model(config, device)
     size = model.image_size() if config.resolution is None else (config.resolution, config.resolution)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(config.seed)  # a LoRA fake score's initialisation draws from the global generator
@@ -84,7 +90,8 @@ def _build(config: Text3DConfig) -> tuple[SceneDistillationRecipe, tuple[int, in
     scene: Scene = config.scene.build(torch.Generator().manual_seed(config.seed), device, config.iterations)
     priors = ImagePriors(config.optim.tv_weight, config.optim.grad_blur_px)
     background = torch.tensor(config.background, device=device)
-    return SceneDistillationRecipe(scene, guidance, background, config.iterations, priors), size, device
+    recipe = SceneDistillationRecipe(scene, guidance, background, config.iterations, priors)
+    return recipe, size, device, {"model_guidance": model.guidance_kind}
 
 
 def run_text_to_3d(prompt: str, config: Text3DConfig, out_dir: str | Path, progress: bool = True,
@@ -100,13 +107,13 @@ def run_text_to_3d(prompt: str, config: Text3DConfig, out_dir: str | Path, progr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
-    recipe, size, device = _build(config)
+    recipe, size, device, facts = _build(config)
     extra = [p.name for p in recipe.guidance.extra_phases()]
 
     def write(result: TrainResult) -> Text3DResult:
         history = [_flat_row(row) for row in result.history if "scene/loss" in row]
         return write_outputs(config, recipe.scene, history, result.skipped_updates, result.seconds, out_dir,
-                             result.stopped)
+                             result.stopped, facts)
 
     def step_hook(step: int, row: dict, losses: dict) -> None:
         row.update(recipe.logged())

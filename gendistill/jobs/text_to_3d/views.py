@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from gendistill.backends.loading import resolve_model
+from gendistill.backends.score_model import lora_folder
 from gendistill.backends.student_card import StudentCard
 from gendistill.errors import UserError, check_choice
 from gendistill.render.cameras import Camera
@@ -28,8 +29,10 @@ VIEW_PROMPTS = ("auto", "shapes", "suffix")
 
 def is_shapes_model(model: str) -> bool:
     """Whether ``model`` is one of gendistill's own shapes-world models: a local diffusers folder with a
-    ``gendistill.json`` (the shipped teacher and the students distilled from it). A hub id is not."""
-    return StudentCard.read(resolve_model(model)) is not None
+    ``gendistill.json`` (the shipped teacher and the students distilled from it, LoRA students included). A hub id
+    is not."""
+    folder = lora_folder(model) or resolve_model(model)
+    return StudentCard.read(folder) is not None
 
 
 def resolve_view_prompts(mode: str, model: str) -> str:
