@@ -27,3 +27,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:  # not keywords: they hold folder names (tests/gpu)
             item.add_marker(skip)
+
+
+@pytest.fixture
+def without_nerfstudio(monkeypatch):
+    """This process as if the nerf extra were not installed: ``find_spec`` finds no nerfstudio and importing it
+    fails (so the messages a user without it sees are tested in one environment that has it too)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def hidden(name, *args, **kwargs):
+        return None if name.split(".")[0] == "nerfstudio" else find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", hidden)
+    for name in [m for m in sys.modules if m.split(".")[0] == "nerfstudio"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nerfstudio", None)  # `import nerfstudio...` raises ModuleNotFoundError

@@ -1,13 +1,11 @@
 """`gendistill fit-nerf` and `gendistill convert-nerf`: outputs on tiny runs, and one-line errors with exit 2."""
 
-import importlib.util
 import json
 
 import pytest
 
 from gendistill.cli import main
 
-HAS_NERFSTUDIO = importlib.util.find_spec("nerfstudio") is not None
 TINY_FIT = ["--set", "views=4", "--set", "holdout_views=2", "--set", "resolution=12", "--set", "fit.rays_per_step=64",
             "--set", "fit.num_samples=8"]
 TINY_CONVERT = ["--set", "views=3", "--set", "holdout_views=2", "--set", "resolution=12",
@@ -55,8 +53,7 @@ def test_fit_nerf_needs_exactly_one_source(tmp_path, capsys):
     assert code == 2 and "blob" in err or "caption" in err
 
 
-@pytest.mark.skipif(HAS_NERFSTUDIO, reason="checks the message shown without nerfstudio")
-def test_missing_nerfstudio_says_how_to_install(tmp_path, capsys):
+def test_missing_nerfstudio_says_how_to_install(tmp_path, capsys, without_nerfstudio):
     code, _, err = run(capsys, "fit-nerf", "--prompt", "a red cube", "--steps", "1", *TINY_FIT, "--out", str(tmp_path))
     assert_one_line_error(code, err, "gendistill[nerf]")
 

@@ -1,5 +1,5 @@
 """`ns-train gendistill-sds`: the entry point is discoverable and its model computes a finite SDS loss with
-gradients on random cameras (tiny random pipeline, 16 px). Needs the nerf extra (run with the nerf venv)."""
+gradients on random cameras (tiny random pipeline, 16 px). Needs the nerf extra (nerfstudio installed)."""
 
 import math
 from dataclasses import replace

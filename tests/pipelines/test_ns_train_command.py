@@ -1,4 +1,4 @@
-"""The real ``ns-train gendistill-sds`` command from the shell, in the nerf venv: nerfstudio's CLI imports
+"""The real ``ns-train gendistill-sds`` command from the shell, where the nerf extra is installed: nerfstudio's CLI imports
 torchvision before any gendistill code, so this passes only if the package's start-up hook
 (``gendistill_torchvision_shim.pth``) is installed and works. 20 iterations on tiny settings (~20 s on a CPU)."""
 

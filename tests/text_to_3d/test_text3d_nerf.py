@@ -1,5 +1,5 @@
 """Text-to-3D on a NeRF (tiny random pipeline, 16 px): outputs, checkpoint round trip, eval-3d on the run
-folder, a stopped run, the blob. Needs the nerf extra (run with the nerf venv and ``-m nerf``)."""
+folder, a stopped run, the blob. Needs the nerf extra (nerfstudio installed)."""
 
 import json
 
