@@ -1,15 +1,18 @@
 """Benchmark: progressive volume distillation (convert-nerf) against training the same student from scratch.
 
-    OMP_NUM_THREADS=1 /tmp/nsvenv/bin/python benchmarks/nerf_conversion.py [--caption "a red cube"]
-        [--resolution 32] [--teacher-steps 800] [--convert-steps 400] [--scratch-cap-s 180] [--out benchmarks/results]
+    OMP_NUM_THREADS=1 python benchmarks/nerf_conversion.py [--scene "a red cube|32|40" --scene ...]
+        [--teacher-steps 800] [--convert-steps 400] [--scratch-cap-s 180] [--teacher-dir DIR] [--out benchmarks/results]
 
-A hashgrid teacher is fitted to shapes renders of the caption (40 views; 8 held-out views are the ground
-truth). For each student (mlp, tensorf-vm, tensorf-cp, gaussians) it measures, on the held-out views: the
-teacher's PSNR, the student's PSNR after conversion, and the wall-clock each route needs to reach the
-teacher's PSNR - 0.5 dB -- by conversion from the teacher, and by training the student from scratch on the
-images (Gaussians from scratch: random splats in a ball fitted to the images). Evaluation pauses the clock.
+Each ``--scene "CAPTION|PIXELS|VIEWS"`` is one difficulty level (default: a red cube, 40 views at 32 px, and a
+blue torus, 100 views at 64 px). A hashgrid teacher is fitted to shapes renders of the caption (8 further
+views are the held-out ground truth). For each student (mlp, tensorf-vm, tensorf-cp, gaussians) it measures,
+on the held-out views: the teacher's PSNR, the student's PSNR after conversion, and the time each route needs
+to reach the teacher's PSNR - 0.5 dB -- by conversion from the teacher (the clock starts before the student
+and the teacher bank are built), and by training the student from scratch on the images (Gaussians from
+scratch: random splats in a ball fitted to the images). Conversion and scratch of a pair run one after the
+other in the same process. Both wall-clock and CPU (process) seconds are recorded; evaluation pauses both.
 A route that does not get there within its cap is reported as "not reached in T s". Writes
-nerf_conversion.json and nerf_conversion.md. About 15-20 minutes on one CPU thread with the defaults.
+nerf_conversion.json and nerf_conversion.md.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENTS = ("mlp", "tensorf-vm", "tensorf-cp", "gaussians")
+SCENES = ("a red cube|32|40", "a blue torus|64|100")
+"""The default difficulty levels: CAPTION|PIXELS|VIEWS."""
 
 
 class Watch:
@@ -36,7 +41,8 @@ class Watch:
         self.evaluate, self.target, self.every, self.cap_s = evaluate, target, every, cap_s
         self.model = None
         self.start, self.paused = time.perf_counter(), 0.0
-        self.reached_s, self.best, self.curve = None, float("-inf"), []
+        self.cpu_start, self.cpu_paused = time.process_time(), 0.0
+        self.reached_s, self.reached_cpu_s, self.best, self.curve = None, None, float("-inf"), []
 
     def watching(self, model) -> Watch:
         """Evaluate ``model`` (the clock started when the watch was made, before the model was built)."""
@@ -45,6 +51,9 @@ class Watch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.paused
+
+    def cpu_elapsed(self) -> float:
+        return time.process_time() - self.cpu_start - self.cpu_paused
 
     def __call__(self, step: int, row: dict, losses: dict) -> None:
         """on_step hook: evaluate every ``every`` steps; EnoughTraining once the target or the cap is hit."""
@@ -55,21 +64,23 @@ class Watch:
             if self.cap_s is not None and self.elapsed() > self.cap_s:
                 raise EnoughTraining
             return
-        seconds = self.elapsed()
-        t0 = time.perf_counter()
+        seconds, cpu_seconds = self.elapsed(), self.cpu_elapsed()
+        t0, c0 = time.perf_counter(), time.process_time()
         value = self.evaluate(self.model)
         self.paused += time.perf_counter() - t0
+        self.cpu_paused += time.process_time() - c0
         self.best = max(self.best, value)
-        self.curve.append((done, round(seconds, 2), round(value, 3)))
+        self.curve.append((done, round(seconds, 2), round(cpu_seconds, 2), round(value, 3)))
         if value >= self.target and self.reached_s is None:
-            self.reached_s = seconds
+            self.reached_s, self.reached_cpu_s = seconds, cpu_seconds
         if self.reached_s is not None or (self.cap_s is not None and seconds > self.cap_s):
             raise EnoughTraining
 
     def summary(self) -> dict:
         best = self.best if self.curve else None
-        return {"seconds_to_target": self.reached_s, "best_psnr": best, "seconds": self.elapsed(),
-                "curve": self.curve}
+        return {"seconds_to_target": self.reached_s, "cpu_seconds_to_target": self.reached_cpu_s, "best_psnr": best,
+                "seconds": self.elapsed(), "cpu_seconds": self.cpu_elapsed(),
+                "curve_columns": ["step", "wall_s", "cpu_s", "psnr"], "curve": self.curve}
 
 
 def run_on_trainer(recipe, steps: int, phase: str, on_step=None, progress: bool = False):
@@ -86,34 +97,48 @@ def main(argv=None) -> int:
     from gendistill.compat import prepare_process
 
     prepare_process()  # as the gendistill command does: the torchvision shim, passive OpenMP waits
-    from gendistill.convert.data import shapes_views
-    from gendistill.convert.measure import field_psnr, psnr
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--caption", default="a red cube")
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--views", type=int, default=40)
+    parser.add_argument("--scene", action="append", default=None, metavar="CAPTION|PIXELS|VIEWS",
+                        help="a difficulty level (repeatable); default: " + " and ".join(SCENES))
     parser.add_argument("--teacher-steps", type=int, default=800)
     parser.add_argument("--convert-steps", type=int, default=400)
     parser.add_argument("--scratch-cap-s", type=float, default=180.0)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--students", default=",".join(STUDENTS))
     parser.add_argument("--pvd-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a PVDConfig value of the conversions, e.g. points_per_step=2048")
-    parser.add_argument("--teacher-checkpoint", default=None,
-                        help="reuse this teacher if the file exists (its fit time is then unknown), else save it there")
+                        help="override a PVDConfig value of the conversions, e.g. bank.enabled=false")
+    parser.add_argument("--teacher-dir", default=None,
+                        help="reuse the teachers saved in this folder (their fit time is then unknown), else save them there")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
+    scenes = [_scene_level(text, args) for text in (args.scene or SCENES)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"threads": torch.get_num_threads(), "pvd_set": args.pvd_set, "scenes": scenes}
+    (out / "nerf_conversion.json").write_text(json.dumps(result, indent=2))
+    shown = sys.argv[1:] if argv is None else argv
+    (out / "nerf_conversion.md").write_text(_markdown(result, " ".join(shown)))
+    print((out / "nerf_conversion.md").read_text())
+    return 0
+
+
+def _scene_level(text: str, args) -> dict:
+    """One difficulty level: the teacher, then conversion and scratch of every student, side by side."""
+    from gendistill.convert.data import shapes_views
+    from gendistill.convert.measure import field_psnr, psnr
+
+    caption, resolution, views = _parse_scene(text)
     generator = torch.Generator().manual_seed(0)
-    train = shapes_views(args.caption, args.views, generator, args.resolution)
-    test = shapes_views(args.caption, 8, generator, args.resolution)
+    train = shapes_views(caption, views, generator, resolution)
+    test = shapes_views(caption, 8, generator, resolution)
     samples = 48
-    teacher, teacher_seconds = _teacher(train, args, samples)
+    teacher, teacher_seconds = _teacher(train, args, samples, _teacher_path(args.teacher_dir, text))
     teacher_psnr = field_psnr(teacher, test, samples)
     target = teacher_psnr - 0.5
-    print(f"teacher hashgrid: {teacher_psnr:.2f} dB on held-out views; target {target:.2f}")
+    print(f"{caption}, {views} views at {resolution} px: teacher hashgrid {teacher_psnr:.2f} dB on held-out views; "
+          f"target {target:.2f}", flush=True)
 
     def field_eval(model):
         return field_psnr(model, test, samples)
@@ -130,34 +155,39 @@ def main(argv=None) -> int:
         scratch = _scratch(student, train, args, Watch(evaluate, target, args.eval_every, args.scratch_cap_s))
         rows.append({"student": student, "teacher_psnr": teacher_psnr, "converted": converted, "scratch": scratch})
         print(_row(rows[-1]), flush=True)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"caption": args.caption, "resolution": args.resolution, "views": args.views,
-              "teacher": {"architecture": "hashgrid", "psnr": teacher_psnr, "train_seconds": teacher_seconds,
-                          "steps": args.teacher_steps},
-              "target_psnr": target, "threads": torch.get_num_threads(), "rows": rows}
-    (out / "nerf_conversion.json").write_text(json.dumps(result, indent=2))
-    shown = sys.argv[1:] if argv is None else argv
-    (out / "nerf_conversion.md").write_text(_markdown(result, " ".join(shown)))
-    print((out / "nerf_conversion.md").read_text())
-    return 0
+    return {"caption": caption, "resolution": resolution, "views": views, "target_psnr": target,
+            "teacher": {"architecture": "hashgrid", "psnr": teacher_psnr, "train_seconds": teacher_seconds,
+                        "steps": args.teacher_steps}, "rows": rows}
 
 
-def _teacher(train, args, samples):
-    """The hashgrid teacher (fitted, or loaded from --teacher-checkpoint) and its fit time (None if loaded)."""
+def _parse_scene(text: str) -> tuple[str, int, int]:
+    parts = text.split("|")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise SystemExit(f"--scene must be CAPTION|PIXELS|VIEWS, e.g. 'a red cube|32|40', got {text!r}")
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def _teacher_path(folder: str | None, scene: str) -> Path | None:
+    if folder is None:
+        return None
+    return Path(folder) / ("teacher-" + scene.replace(" ", "-").replace("|", "-") + ".safetensors")
+
+
+def _teacher(train, args, samples, checkpoint: Path | None):
+    """The hashgrid teacher (fitted, or loaded from ``checkpoint``) and its fit time (None if loaded)."""
     from gendistill.convert.fit import FIELD_PHASE, FitConfig, NerfFitRecipe
     from gendistill.render.nerf import FieldConfig, build_field, load_field, save_field
 
-    if args.teacher_checkpoint and Path(args.teacher_checkpoint).is_file():
-        return load_field(args.teacher_checkpoint), None
+    if checkpoint is not None and checkpoint.is_file():
+        return load_field(checkpoint), None
     teacher = build_field(FieldConfig(architecture="hashgrid"), seed=0)
     t0 = time.perf_counter()
     config = FitConfig(steps=args.teacher_steps, num_samples=samples)
     run_on_trainer(NerfFitRecipe(teacher, train, config), config.steps, FIELD_PHASE, progress=True)
     seconds = time.perf_counter() - t0
-    if args.teacher_checkpoint:
-        save_field(teacher, args.teacher_checkpoint)
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_field(teacher, checkpoint)
     return teacher, seconds
 
 
@@ -204,27 +234,49 @@ def _scratch(student, train_views, args, watch: Watch) -> dict:
 
 def _time(route: dict) -> str:
     reached = route["seconds_to_target"]
-    return f"{reached:.1f} s" if reached is not None else f"not reached in {route['seconds']:.0f} s"
+    if reached is None:
+        return f"not reached in {route['seconds']:.0f} s ({route['cpu_seconds']:.0f} CPU s)"
+    return f"{reached:.1f} s ({route['cpu_seconds_to_target']:.1f} CPU s)"
+
+
+def _speedup(row: dict, key: str) -> float | None:
+    c, s = row["converted"][key], row["scratch"][key]
+    return s / c if c and s else None
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.1f}x" if value is not None else "-"
 
 
 def _row(row: dict) -> str:
     c, s = row["converted"], row["scratch"]
-    speedup = (f"{s['seconds_to_target'] / c['seconds_to_target']:.1f}x"
-               if c["seconds_to_target"] and s["seconds_to_target"] else "-")
     best = [f"{r['best_psnr']:.2f}" if r["best_psnr"] is not None else "-" for r in (c, s)]
     return (f"| hashgrid -> {row['student']} | {row['teacher_psnr']:.2f} | {best[0]} | {best[1]} | "
-            f"{_time(c)} | {_time(s)} | {speedup} |")
+            f"{_time(c)} | {_time(s)} | {_ratio(_speedup(row, 'seconds_to_target'))} | "
+            f"{_ratio(_speedup(row, 'cpu_seconds_to_target'))} |")
 
 
 def _markdown(result: dict, args: str) -> str:
-    head = ("| pair | teacher PSNR | converted PSNR | scratch PSNR | conversion: time to target | "
-            "scratch: time to target | speed-up |\n|---|---|---|---|---|---|---|")
-    lines = [f"Caption {result['caption']!r}, {result['views']} views at {result['resolution']} px, 8 held-out views; "
-             f"target = teacher PSNR - 0.5 dB = {result['target_psnr']:.2f} dB; PSNR against the analytic renders; "
-             f"{result['threads']} CPU thread(s); evaluation pauses the clock. Runs stop at the target, so the PSNR "
-             f"columns are the best held-out PSNR before a run stopped.", "",
-             f"Command: `python benchmarks/nerf_conversion.py {args}`".rstrip(), "", head]
-    lines += [_row(r) for r in result["rows"]]
+    head = ("| pair | teacher PSNR | converted PSNR | scratch PSNR | conversion: time to target (CPU) | "
+            "scratch: time to target (CPU) | speed-up (wall) | speed-up (CPU) |\n|---|---|---|---|---|---|---|---|")
+    intro = (f"Target = teacher PSNR - 0.5 dB; PSNR against the analytic renders of 8 held-out views; "
+             f"{result['threads']} CPU thread(s); evaluation pauses both clocks; conversion and scratch of a pair run "
+             f"in the same process, one after the other. Runs stop at the target, so the PSNR columns are the best "
+             f"held-out PSNR before a run stopped.")
+    lines = [intro, "",
+             f"Command: `python benchmarks/nerf_conversion.py {args}`".rstrip()]
+    for level in result["scenes"]:
+        title = (f"**{level['caption']}**, {level['views']} views at {level['resolution']} px; target "
+                 f"{level['target_psnr']:.2f} dB")
+        lines += ["", title, "", head]
+        lines += [_row(r) for r in level["rows"]]
+    lines += ["", "Speed-up (wall / CPU) per pair and difficulty level:", "",
+              "| pair | " + " | ".join(f"{lv['caption']} {lv['resolution']} px" for lv in result["scenes"]) + " |",
+              "|---|" + "---|" * len(result["scenes"])]
+    for i, row in enumerate(result["scenes"][0]["rows"]):
+        cells = [f"{_ratio(_speedup(lv['rows'][i], 'seconds_to_target'))} / "
+                 f"{_ratio(_speedup(lv['rows'][i], 'cpu_seconds_to_target'))}" for lv in result["scenes"]]
+        lines.append(f"| hashgrid -> {row['student']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

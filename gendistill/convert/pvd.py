@@ -14,8 +14,15 @@ have started (fractions of the run, in this order):
    space is meaningless);
 4. **rays**: squared error of rendered rgb and alpha along the cameras' rays.
 
-With ``focus`` (PVD-AL), a share of every batch replays the points and rays the student got most wrong in
-the previous step; that memory is checkpointed (``extra_state``), so a resumed run replays exactly.
+Where the teacher's answers come from: PVD queries the teacher on the fly, and ``bank.enabled: false`` still
+does. By default they come from a :class:`~gendistill.convert.teacher_bank.TeacherBank` instead, a cache of
+the teacher's answers at points drawn mostly where it has density (its occupancy grid), refreshed every
+``bank.refresh_every`` steps by PVD-AL's active selection (the entries the student gets most wrong stay);
+the teacher is then queried a few times per run instead of every step.
+
+With ``focus`` (PVD-AL) on the fly, a share of every batch replays the points and rays the student got most
+wrong in the previous step. That memory, and the bank, are checkpointed (``extra_state``), so a resumed run
+replays exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from gendistill.convert.fit import field_groups
+from gendistill.convert.teacher_bank import BankConfig, PointTargets, TeacherBank, ask_teacher, render_occupied
 from gendistill.errors import check_range
 from gendistill.recipe import Loss, ParamGroup, Phase, Update
 from gendistill.render.cameras import Cameras
@@ -70,7 +78,9 @@ class PVDConfig:
     stages: StageStarts = dataclass_field(default_factory=StageStarts)
     """When each stage starts."""
     focus: bool = False
-    """PVD-AL: replay the points and rays with the largest student error."""
+    """PVD-AL on the fly (bank off): replay the points and rays with the largest student error."""
+    bank: BankConfig = dataclass_field(default_factory=BankConfig)
+    """The cache of the teacher's answers and its refresh by active selection (on by default)."""
     focus_fraction: float = 0.5
     """Share of each batch that replays the worst points / rays of the last step when focus is on."""
     lr_scale: float = 2.0
@@ -92,12 +102,14 @@ class PVDConfig:
 
 @dataclass(frozen=True)
 class PVDBatch:
-    """Fresh random queries of one step (the focus replay is mixed in by the recipe)."""
+    """Random queries of one step (the focus replay is mixed in by the recipe)."""
 
     points: Tensor
-    """(P, 3) query points in the cube."""
+    """(P, 3) query points in the cube; with the bank, (P,) indices of bank points."""
     rays: Tensor
-    """(R,) indices into the cameras' rays."""
+    """(R,) indices into the cameras' rays; with the bank, indices of bank rays."""
+    from_bank: bool = False
+    """The indices point into the teacher bank."""
 
 
 class FeatureProjection(nn.Module):
@@ -128,6 +140,9 @@ class PVDRecipe:
         self.projection = self._projection(generator) if self.use_features else None
         self.focus_points = torch.zeros(0, 3)
         self.focus_rays = torch.zeros(0, dtype=torch.long)
+        self.bank = (TeacherBank(teacher, self.origins, self.directions, background, config.bank, config.num_samples,
+                                 self.use_features, generator) if config.bank.enabled else None)
+        self.refreshed_at = torch.zeros((), dtype=torch.long)
 
     def _projection(self, generator: torch.Generator) -> FeatureProjection:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -154,12 +169,16 @@ class PVDRecipe:
         return None
 
     def extra_state(self) -> dict[str, Tensor]:
-        """PVD-AL's memory of the last step's worst points and rays."""
-        return {"focus_points": self.focus_points, "focus_rays": self.focus_rays}
+        """PVD-AL's memory of the last step's worst points and rays, and the teacher bank."""
+        bank = {**self.bank.state(), "bank_refreshed_at": self.refreshed_at} if self.bank is not None else {}
+        return {"focus_points": self.focus_points, "focus_rays": self.focus_rays, **bank}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         self.focus_points = state["focus_points"].float()
         self.focus_rays = state["focus_rays"].long()
+        if self.bank is not None:
+            self.bank.load_state(state)
+            self.refreshed_at = state["bank_refreshed_at"].long()
 
     def after_update(self, update: Update) -> None:
         """Nothing to do after a step."""
@@ -167,12 +186,22 @@ class PVDRecipe:
     # --- batches and losses ---------------------------------------------------------------------------
 
     def batch(self, step: int, generator: torch.Generator) -> PVDBatch:
-        """Fresh points (half uniform, half on the cameras' rays, shuffled) and ray indices of one step."""
+        """With the bank: indices of bank points and rays (the bank is refreshed first when due). Without: fresh
+        points (half uniform, half on the cameras' rays, shuffled) and ray indices of one step."""
         n = self.config.points_per_step
+        if self.bank is not None:
+            self._refresh_if_due(step, generator)
+            return PVDBatch(*self.bank.draw(n, self.config.rays_per_step, generator), from_bank=True)
         points = torch.cat([_uniform_points(n // 2, self.bound, generator), self._ray_points(n - n // 2, generator)])
         points = points[torch.randperm(n, generator=generator)]
         rays = torch.randint(0, self.origins.shape[0], (self.config.rays_per_step,), generator=generator)
         return PVDBatch(points, rays)
+
+    def _refresh_if_due(self, step: int, generator: torch.Generator) -> None:
+        every = self.config.bank.refresh_every
+        if every and step > 0 and step % every == 0 and int(self.refreshed_at) != step:
+            self.bank.refresh(generator)
+            self.refreshed_at = torch.tensor(step)
 
     def _ray_points(self, n: int, generator: torch.Generator) -> Tensor:
         rays = torch.randint(0, self.origins.shape[0], (n,), generator=generator)
@@ -191,20 +220,32 @@ class PVDRecipe:
         starts, losses = self.config.stages, {}
         if not self.use_features:  # the first stage that exists starts at once
             progress = max(progress, starts.density)
-        points = self._mix(batch.points, self.focus_points)
-        losses.update(self._point_losses(points, progress))
+        if batch.from_bank:
+            targets = self.bank.point_targets(batch.points)
+        else:
+            targets = self.teacher_answers(self._mix(batch.points, self.focus_points))
+        point_losses, point_error = self.point_losses(targets, progress)
+        losses.update(point_losses)
+        if self.bank is not None and batch.from_bank:
+            self.bank.record(batch.points, point_error)
+        elif self.config.focus:
+            self.focus_points = _worst(targets.points, point_error, int(self.config.focus_fraction * len(point_error)))
         if progress >= starts.rays:
-            losses["rays"] = self._ray_loss(self._mix(batch.rays, self.focus_rays), generator)
+            losses["rays"] = self._ray_loss(batch, generator)
         return losses
 
-    def _point_losses(self, points: Tensor, progress: float) -> dict[str, Tensor]:
+    def teacher_answers(self, points: Tensor) -> PointTargets:
+        """The teacher's answers at ``points``, queried now (PVD's on-the-fly route)."""
+        return ask_teacher(self.teacher, points, self.use_features)
+
+    def point_losses(self, targets: PointTargets, progress: float) -> tuple[dict[str, Tensor], Tensor]:
+        """The started point stages' losses against the teacher's answers, and the per-point error (P,) that
+        PVD-AL's selection ranks."""
         cfg, starts, losses = self.config, self.config.stages, {}
-        with torch.no_grad():
-            t_density, t_rgb = self.teacher(points)
+        points, t_density, t_rgb = targets.points, targets.density, targets.rgb
         point_error = torch.zeros(points.shape[0])
         if self.use_features and progress >= starts.features:
-            with torch.no_grad():
-                target = self.teacher.features(points) / self.projection.scale
+            target = targets.features / self.projection.scale
             err = (self.projection(self.student.features(points)) - target).square().mean(-1)
             losses["features"] = cfg.feature_weight * err.mean()
             point_error = point_error + err.detach()
@@ -220,20 +261,33 @@ class PVDRecipe:
                 err = weight * (s_rgb - t_rgb).square().mean(-1)
                 losses["colour"] = err.sum() / weight.sum().clamp_min(1e-6)
                 point_error = point_error + err.detach()
-        if cfg.focus:
-            self.focus_points = _worst(points, point_error, int(cfg.focus_fraction * points.shape[0]))
-        return losses
+        return losses, point_error
 
-    def _ray_loss(self, rays: Tensor, generator: torch.Generator) -> Tensor:
-        o, d = self.origins[rays], self.directions[rays]
+    def _ray_loss(self, batch: PVDBatch, generator: torch.Generator) -> Tensor:
         samples = self.config.num_samples
-        with torch.no_grad():
-            t = render_rays(self.teacher, o, d, samples, generator=generator, background=self.background)
-        s = render_rays(self.student, o, d, samples, generator=generator, background=self.background)
-        err = (s.rgb - t.rgb).square().mean(-1) + (s.alpha - t.alpha).square()
-        if self.config.focus:
+        if batch.from_bank:
+            o, d, t_rgb, t_alpha = self.bank.ray_targets(batch.rays)
+        else:
+            rays = self._mix(batch.rays, self.focus_rays)
+            o, d = self.origins[rays], self.directions[rays]
+            with torch.no_grad():
+                t = render_rays(self.teacher, o, d, samples, generator=generator, background=self.background)
+            t_rgb, t_alpha = t.rgb, t.alpha
+        s_rgb, s_alpha = self._student_rays(o, d, batch.from_bank, generator)
+        err = (s_rgb - t_rgb).square().mean(-1) + (s_alpha - t_alpha).square()
+        if batch.from_bank:
+            self.bank.record(None, None, batch.rays, err)
+        elif self.config.focus:
             self.focus_rays = _worst(rays, err, int(self.config.focus_fraction * rays.shape[0]))
         return err.mean()
+
+    def _student_rays(self, o: Tensor, d: Tensor, from_bank: bool, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The student's rgb and alpha along rays (only at occupied samples when the bank says so)."""
+        if from_bank and self.config.bank.student_rays_skip_empty:
+            return render_occupied(self.student, o, d, self.config.num_samples, self.background, self.bank.grid,
+                                   generator)
+        s = render_rays(self.student, o, d, self.config.num_samples, generator=generator, background=self.background)
+        return s.rgb, s.alpha
 
     def _mix(self, fresh: Tensor, remembered: Tensor) -> Tensor:
         """``fresh`` with its tail replaced by up to ``focus_fraction`` of the remembered items (PVD-AL)."""

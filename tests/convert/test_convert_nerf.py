@@ -12,6 +12,7 @@ from gendistill.convert.measure import (  # noqa: E402
     field_psnr, psnr, render_splats, render_views, splat_views, teacher_views,
 )
 from gendistill.convert.pvd import STUDENT_PHASE, PVDConfig, PVDRecipe, StageStarts  # noqa: E402
+from gendistill.convert.teacher_bank import BankConfig  # noqa: E402
 from gendistill.convert.to_gaussians import SPLATS_PHASE, SplatConfig, SplatFitRecipe, place_splats  # noqa: E402
 from gendistill.jobs.convert import RecipeRun, TrainerSection, train_recipe  # noqa: E402
 from gendistill.render.nerf import FieldConfig, build_field  # noqa: E402
@@ -42,14 +43,15 @@ def _tiny_pvd(**kw):
                      stages=StageStarts(0.0, 0.02, 0.05, 0.1), **kw)
 
 
-@pytest.mark.parametrize("architecture,focus", [("tensorf-cp", False), ("mlp", True), ("hashgrid", False)])
-def test_pvd_student_keeps_the_teachers_psnr(scene, tmp_path, architecture, focus):
+@pytest.mark.parametrize("architecture,focus,bank", [("tensorf-cp", False, True), ("mlp", True, False),
+                                                     ("hashgrid", False, True), ("tensorf-cp", False, False)])
+def test_pvd_student_keeps_the_teachers_psnr(scene, tmp_path, architecture, focus, bank):
     teacher, train_views, test = scene
     teacher_psnr = field_psnr(teacher, test, SAMPLES)
     assert teacher_psnr > 15.0
     student = build_field(FieldConfig(architecture=architecture), seed=1)
     before = psnr(render_views(student, test, SAMPLES), render_views(teacher, test, SAMPLES))
-    config = _tiny_pvd(focus=focus)
+    config = _tiny_pvd(focus=focus, bank=BankConfig(enabled=bank, points=16384, rays=1024, refresh_every=20))
     recipe = PVDRecipe(teacher, student, train_views.cameras, train_views.background, config,
                        torch.Generator().manual_seed(0))
     result = train(recipe, config.steps, STUDENT_PHASE, tmp_path)
@@ -58,8 +60,10 @@ def test_pvd_student_keeps_the_teachers_psnr(scene, tmp_path, architecture, focu
     assert after > before + 8.0 and after > 21.0, (before, after)
     assert field_psnr(student, test, SAMPLES) > teacher_psnr - 1.5
     assert all(not p.requires_grad for p in teacher.parameters())
-    if focus:  # PVD-AL remembers the worst points and rays of the last step
+    if focus:  # PVD-AL on the fly remembers the worst points and rays of the last step
         assert recipe.focus_points.shape == (1024, 3) and recipe.focus_rays.shape == (96,)
+    if bank:  # the bank was refreshed twice (steps 20 and 40) and recorded the student's errors
+        assert int(recipe.refreshed_at) == 40 and recipe.bank.point_error.gt(0).any()
 
 
 def test_feature_stage_runs_only_for_students_with_encoder_parameters(scene):

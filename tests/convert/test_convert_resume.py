@@ -60,10 +60,14 @@ def test_killed_fit_resumes_to_the_same_field_bit_for_bit(tmp_path):
     assert_same_tensors(weights(killed / "field.safetensors"), weights(tmp_path / "straight" / "field.safetensors"))
 
 
-def test_killed_pvd_al_run_resumes_to_the_same_student_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("route", ["on-the-fly", "bank"])
+def test_killed_pvd_al_run_resumes_to_the_same_student_bit_for_bit(tmp_path, route):
     teacher = save_field(build_field(FieldConfig(architecture="tensorf-vm", tensorf_vm=TensorVMSizes(resolution=16)), seed=3),
                          tmp_path / "teacher.safetensors")
-    config = load_convert_config(["views=3", "holdout_views=2", "resolution=12", "pvd.steps=6", "pvd.focus=true",
+    # on the fly: PVD-AL's replay memory; bank: a refresh at step 2 and 4 (killed after 3, between the two)
+    route_keys = (["pvd.focus=true", "pvd.bank.enabled=false"] if route == "on-the-fly" else
+                  ["pvd.bank.points=64", "pvd.bank.rays=16", "pvd.bank.refresh_every=2", "pvd.bank.occupancy_resolution=8"])
+    config = load_convert_config(["views=3", "holdout_views=2", "resolution=12", "pvd.steps=6", *route_keys,
                                   "pvd.points_per_step=64", "pvd.rays_per_step=16", "pvd.num_samples=8",
                                   "student.tensorf_cp.resolution=16", "student.hidden_width=16"])
     straight = run_convert(config, teacher, "tensorf-cp", tmp_path / "straight", progress=False)
@@ -72,7 +76,11 @@ def test_killed_pvd_al_run_resumes_to_the_same_student_bit_for_bit(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_convert(config, teacher, "tensorf-cp", killed, progress=False, on_step=kill_after(3))
     extra = load_file(str(killed / "checkpoints" / "step-0000003" / "extra.safetensors"))
-    assert extra["focus_points"].shape == (32, 3) and extra["focus_rays"].shape == (8,)  # PVD-AL's memory
+    if route == "on-the-fly":
+        assert extra["focus_points"].shape == (32, 3) and extra["focus_rays"].shape == (8,)  # PVD-AL's memory
+    else:  # the bank as refreshed at step 2, with the errors recorded at step 2
+        assert extra["bank_points"].shape == (64, 3) and int(extra["bank_refreshed_at"]) == 2
+        assert extra["bank_point_error"].gt(0).any()
     assert json.loads((killed / "metrics.json").read_text())["stopped"] == "interrupted"
     run_convert(config, teacher, "tensorf-cp", killed, progress=False, resume=True)
     assert_same_tensors(weights(killed / "field.safetensors"), weights(tmp_path / "straight" / "field.safetensors"))
