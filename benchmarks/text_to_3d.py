@@ -36,10 +36,24 @@ MODELS = {"teacher": "assets/shapes-teacher", "dmd2": "assets/shapes-dmd2-1step"
           "phased-dmd": "assets/shapes-phased-dmd-4step", "boot": "assets/shapes-boot-1step",
           "lcm": "assets/shapes-lcm-4step", "lcm-lora": "assets/shapes-lcm-lora", "multi-cfg": "assets/shapes-multi-cfg",
           "koala": "assets/shapes-koala", "koala-dmd2": "assets/shapes-koala-dmd2-1step",
-          "flow-teacher": "assets/shapes-flow-teacher", "meanflow": "assets/shapes-meanflow"}
+          "flow-teacher": "assets/shapes-flow-teacher", "meanflow": "assets/shapes-meanflow",
+          "dmd2-cfg": ("assets/shapes-dmd2-1step", ["model_guidance=cfg"]),
+          "progressive-cfg": ("assets/shapes-progressive-4step", ["model_guidance=cfg"]),
+          "koala-dmd2-cfg": ("assets/shapes-koala-dmd2-1step", ["model_guidance=cfg"])}
 """The ``--models`` names: the shipped teacher (``dmd2``: its 1-step DMD2 student, the first student measured) and
-every shipped student, each guided as its card says (``model_guidance: auto``)."""
+every shipped student, each guided as its card says (``model_guidance: auto``); a ``-cfg`` name is a
+guidance-distilled student with classifier-free guidance on top (two passes). A value is the model's folder, or
+(folder, config overrides)."""
+
+
+def model_overrides(name: str) -> list[str]:
+    """The config overrides that make ``--models`` name ``name``: its model, and any setting it carries."""
+    entry = MODELS[name]
+    folder, extra = (entry, []) if isinstance(entry, str) else entry
+    return [f"model={ROOT / folder}", *extra]
 METHODS = ("sds", "vsd", "csd", "npg", "sds-rgbd")
+RESULTS_NAME = "text_to_3d"
+"""The results' file names in --out (``--results-name``: e.g. text_to_3d_priors for the student-prior sweep)."""
 TARGET_SECONDS, TARGET_IOU, TARGET_ACCURACY = 300.0, 0.75, 0.8
 """Issue 5: SDS on Gaussians, 2 CPU cores, IoU >= 0.75 and prompt accuracy >= 0.8 within 5 minutes."""
 
@@ -113,6 +127,14 @@ def nerf_unavailable() -> str | None:
     return None
 
 
+def warm_imports() -> None:
+    """Import what every row loads (diffusers' pipelines and models) before the first row's clock starts: else
+    the first row alone pays some 15 CPU-seconds of imports."""
+    from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel  # noqa: F401
+
+    from gendistill.jobs.text_to_3d.run import run_text_to_3d  # noqa: F401
+
+
 def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool) -> dict:
     """Run one row with the library API and return its JSON record (status "failed" with the error on a crash)."""
     import torch
@@ -123,7 +145,7 @@ def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool)
     presets = ROOT / "configs" / "text-to-3d"
     preset = presets / f"shapes-{spec.method}-{spec.representation}.yaml"  # e.g. the tuned shapes-sds-nerf.yaml
     preset = preset if preset.is_file() else presets / f"shapes-{spec.method}.yaml"
-    config = load_text3d_config(preset, [f"scene.kind={spec.representation}", f"model={ROOT / MODELS[spec.model]}",
+    config = load_text3d_config(preset, [f"scene.kind={spec.representation}", *model_overrides(spec.model),
                                          f"seed={spec.seed}", *overrides])
     record = {**asdict(spec), "key": spec.key, "run_dir": str(runs_dir / spec.slug), "overrides": overrides,
               "iterations": config.iterations, "threads": torch.get_num_threads(),
@@ -141,8 +163,16 @@ def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool)
             "steps": getattr(result, "steps", None), "stopped": getattr(result, "stopped", None),
             "iou": ev.iou, "colour_error": ev.colour_error, "prompt_accuracy": ev.prompt_accuracy,
             "shape_accuracy": ev.shape_accuracy, "colour_accuracy": ev.colour_accuracy,
-            "depth_error": ev.depth_error, "floaters": ev.floaters,
+            "depth_error": ev.depth_error, "floaters": ev.floaters, "model_guidance": _model_guidance(runs_dir / spec.slug),
             "targets": targets_met(seconds, ev.iou, ev.prompt_accuracy)}
+
+
+def _model_guidance(run_dir: Path) -> str | None:
+    """How the run's model was guided (cfg, embedded or distilled), from its metrics.json."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("model_guidance")
+    except (OSError, ValueError):
+        return None
 
 
 def diversity_groups(rows: list[dict]) -> list[dict]:
@@ -180,10 +210,9 @@ def _model_order(name: str) -> int:
     return list(MODELS).index(name) if name in MODELS else len(MODELS)
 
 
-def _structure():
-    """The structure-aware SDS section (benchmarks/text_to_3d_structure.py), loaded from this folder."""
-    path = ROOT / "benchmarks" / "text_to_3d_structure.py"
-    spec = importlib.util.spec_from_file_location("text_to_3d_structure", path)
+def _section(name: str):
+    """A section of this benchmark's report (benchmarks/<name>.py), loaded from this folder."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -209,7 +238,8 @@ def format_markdown(data: dict) -> str:
                      f"{r['iou']:.3f} | {r['colour_error']:.3f} | {acc} | {r['seconds']:.0f} | "
                      f"{r['cpu_seconds']:.0f} | {_mark(t['time'])} / {_mark(t['iou'])} / {_mark(t['accuracy'])} |")
     lines += ["", *_method_table(rows), "", *_diversity_table(data.get("diversity", [])), "",
-              *_structure().structure_table(rows), "",
+              *_section("text_to_3d_structure").structure_table(rows), "",
+              *_section("text_to_3d_priors").priors_table(rows), "",
               "**Targets**", "", *summary_lines(rows, data.get("diversity", []))]
     if not any(r["representation"] == "nerf" for r in rows):
         lines += ["- NeRF: no rows measured yet; they run with `--representations gaussians,nerf` in a Python that "
@@ -299,8 +329,8 @@ def plan(args) -> tuple[list[RowSpec], list[str]]:
 def save(data: dict, out: Path) -> None:
     """Write the JSON and rebuild the markdown from it."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "text_to_3d.json").write_text(json.dumps(data, indent=2))
-    (out / "text_to_3d.md").write_text(format_markdown(data))
+    (out / f"{RESULTS_NAME}.json").write_text(json.dumps(data, indent=2))
+    (out / f"{RESULTS_NAME}.md").write_text(format_markdown(data))
 
 
 def merge_rows(rows: list[dict], record: dict) -> list[dict]:
@@ -317,9 +347,9 @@ def record_row(out: Path, record: dict | None, header: dict) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
-    with open(Path(tempfile.gettempdir()) / f"text_to_3d-{tag}.lock", "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{RESULTS_NAME}-{tag}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        path = out / "text_to_3d.json"
+        path = out / f"{RESULTS_NAME}.json"
         data = json.loads(path.read_text()) if path.is_file() else {"rows": [], "notes": []}
         data["notes"] = sorted(set(data.get("notes", [])) | set(header.get("notes", [])))
         if header.get("machine"):
@@ -332,6 +362,7 @@ def record_row(out: Path, record: dict | None, header: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    global RESULTS_NAME  # --results-name: the files every helper below reads and writes
     from gendistill.compat import prepare_process
 
     prepare_process()  # as the gendistill command does: the torchvision shim, passive OpenMP waits
@@ -351,7 +382,9 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true", help="show each run's progress bar")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench-text-to-3d"))
+    parser.add_argument("--results-name", default=RESULTS_NAME, help="file names of the JSON and markdown in --out")
     args = parser.parse_args(argv)
+    RESULTS_NAME = args.results_name
 
     import torch
 
@@ -360,15 +393,16 @@ def main(argv=None) -> int:
         record_row(out, None, {})
         return 0
     if args.fresh:
-        (out / "text_to_3d.json").unlink(missing_ok=True)
+        (out / f"{RESULTS_NAME}.json").unlink(missing_ok=True)
     specs, notes = plan(args)
     header = {"notes": notes, "machine": (
         f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch thread(s); wall s is pessimistic where other "
         f"jobs shared the cores (1-minute load average per row in the JSON), CPU s is the run's own process CPU "
         f"time. {args.machine_note}").strip()}
     data = record_row(out, None, header)
+    warm_imports()
     for spec in specs:
-        path = out / "text_to_3d.json"
+        path = out / f"{RESULTS_NAME}.json"
         if args.resume and spec.key in {r["key"] for r in json.loads(path.read_text())["rows"] if r["status"] == "ok"}:
             print(f"skip (done): {spec.key}", flush=True)
             continue
