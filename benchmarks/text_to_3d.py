@@ -67,14 +67,18 @@ class RowSpec:
     model: str
     prompt: str
     seed: int
+    tag: str = ""
+    """Tells rows of other settings apart (``--tag``, e.g. it300 for a 300-iteration sweep beside the preset's)."""
 
     @property
     def key(self) -> str:
-        return f"{self.method}|{self.representation}|{self.model}|{self.prompt}|{self.seed}"
+        return f"{self.method}|{self.representation}|{self.model}|{self.prompt}|{self.seed}" + (
+            f"|{self.tag}" if self.tag else "")
 
     @property
     def slug(self) -> str:
-        return f"{self.method}-{self.representation}-{self.model}-{self.prompt.replace(' ', '_')}-s{self.seed}"
+        return (f"{self.method}-{self.representation}-{self.model}-{self.prompt.replace(' ', '_')}-s{self.seed}"
+                + (f"-{self.tag}" if self.tag else ""))
 
 
 def targets_met(seconds: float, iou: float, accuracy: float | None) -> dict[str, bool]:
@@ -321,7 +325,7 @@ def plan(args) -> tuple[list[RowSpec], list[str]]:
         reps.remove("nerf")
         notes.append(f"nerf rows skipped: {why}")
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
-    specs = [RowSpec(m, r, model, p, int(s)) for m in args.methods.split(",") for r in reps
+    specs = [RowSpec(m, r, model, p, int(s), args.tag) for m in args.methods.split(",") for r in reps
              for model in args.models.split(",") for p in prompts for s in args.seeds.split(",")]
     return specs, notes
 
@@ -382,6 +386,8 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true", help="show each run's progress bar")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench-text-to-3d"))
+    parser.add_argument("--tag", default="", help="added to each row's key and folder: rows of other settings "
+                        "(--set iterations=...) beside the default ones")
     parser.add_argument("--results-name", default=RESULTS_NAME, help="file names of the JSON and markdown in --out")
     args = parser.parse_args(argv)
     RESULTS_NAME = args.results_name

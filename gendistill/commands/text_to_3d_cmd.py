@@ -22,7 +22,10 @@ def add_parser(sub) -> None:
                    help="gaussians or nerf (needs pip install 'gendistill[nerf]'); default: the config's (gaussians)")
     p.add_argument("--method", default=None, help="sds, vsd, csd, npg or sds-rgbd (structure-aware: RGB and depth); default: the config's (sds)")
     p.add_argument("--model", default=None,
-                   help="diffusers pipeline folder, shipped model or hub id; default: shapes-teacher")
+                   help="diffusers pipeline folder, shipped model or hub id; a distilled student (e.g. "
+                        "shapes-lcm-4step, or the LoRA shapes-lcm-lora) is guided as it is meant to be (embedded "
+                        "scale, or its distilled guidance in one pass; --set model_guidance=cfg for CFG on top); "
+                        "default: shapes-teacher")
     p.add_argument("--config", default=None,
                    help="YAML config, or a shipped preset by name (e.g. shapes-vsd; see configs/text-to-3d/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

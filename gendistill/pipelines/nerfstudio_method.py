@@ -117,8 +117,7 @@ class GendistillSDSModel(Model):
     config: GendistillSDSModelConfig
 
     def populate_modules(self) -> None:
-        from gendistill.backends.loading import load_pipeline
-        from gendistill.backends.text_to_image import TextToImageModel
+        from gendistill.backends.score_model import load_score_model
         from gendistill.config import from_dict
         from gendistill.render.nerf import FieldConfig, build_field
         from gendistill.jobs.text_to_3d.config import default_method
@@ -136,7 +135,7 @@ class GendistillSDSModel(Model):
         method = replace(tuned, guidance_scale=c.guidance_scale,
                          timesteps=replace(tuned.timesteps, t_start=c.t_start, t_end=c.t_end))
         # a plain attribute, not a submodule: the diffusion model is frozen and stays out of checkpoints
-        model = TextToImageModel(load_pipeline(c.guidance_model, device=str(device)))
+        model = load_score_model(c.guidance_model, str(device))  # a student is guided as its card says
         self.__dict__["guidance"] = method.build(model)
         self.sample_gens: Dict[str, torch.Generator] = {}
         self.noise_gen = torch.Generator(device).manual_seed(c.seed + 1)
