@@ -55,6 +55,8 @@ class Text3DSettings:
     method: str
     representation: str
     iterations: int
+    model: str | None = None
+    """The catalog's model whose score guides the run (a student is guided as its card says); None: the teacher."""
 
 
 def nerf_available() -> bool:
@@ -62,11 +64,14 @@ def nerf_available() -> bool:
     return importlib.util.find_spec("nerfstudio") is not None
 
 
-def parse_settings(prompt, method, representation, iterations) -> Text3DSettings:
-    """Check every input; raises a one-line UserError for the first bad one."""
+def parse_settings(prompt, method, representation, iterations, model=None,
+                   models: tuple[str, ...] | None = None) -> Text3DSettings:
+    """Check every input (``model`` against ``models``, the catalog's names, when given); raises a one-line
+    UserError for the first bad one."""
     settings = Text3DSettings(check_prompt(prompt), check_choice("method", method, METHODS),
                               check_choice("representation", representation, REPRESENTATIONS),
-                              check_number("iterations", iterations, 1, MAX_ITERATIONS, integer=True))
+                              check_number("iterations", iterations, 1, MAX_ITERATIONS, integer=True),
+                              None if model in (None, "") or models is None else check_choice("model", model, models))
     if settings.representation == "nerf" and not nerf_available():
         raise UserError(NERF_MISSING)
     return settings
@@ -166,7 +171,7 @@ class Text3DJobs:
         thread = None
         try:
             out_dir = self.workspace.new_job_dir(session, self.kind)
-            model_path = self.catalog.entry(self.catalog.teacher).path
+            model_path = self.catalog.entry(getattr(settings, "model", None) or self.catalog.teacher).path
             thread = threading.Thread(target=self._work, args=(settings, model_path, out_dir, stop, updates),
                                       name=self.kind, daemon=True)
             thread.start()

@@ -25,11 +25,19 @@ world units, ~20 deg above the horizon at 3.5x the unit ball's radius, the objec
 gradio passes no camera to its splat viewer; ``scene_view.py`` frames the splats instead."""
 
 
+def score_choices(catalog) -> list[tuple[str, str]]:
+    """(label, name) of every model that draws pictures (a depth branch does not), the teacher first."""
+    from gendistill.app.models import shows_pictures
+
+    choices = [c for c in catalog.choices() if shows_pictures(catalog.entry(c[1]).path)]
+    return sorted(choices, key=lambda c: c[1] != catalog.teacher)
+
+
 def build_text_to_3d_tab(jobs: Text3DJobs) -> None:
     """The tab's components, its ``text_to_3d`` endpoint and the Stop button (call inside ``gr.Blocks``)."""
-    def handle(prompt, method, representation, iterations, request: gr.Request):
+    def handle(prompt, method, representation, iterations, model=None, request: gr.Request = None):
         try:
-            settings = parse_settings(prompt, method, representation, iterations)
+            settings = parse_settings(prompt, method, representation, iterations, model, tuple(jobs.catalog.names))
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         yield from stream_job(jobs, settings, request.session_hash if request else None,
@@ -50,6 +58,10 @@ def build_text_to_3d_tab(jobs: Text3DJobs) -> None:
                                       elem_id="t3d-representation")
             iterations = gr.Slider(1, MAX_ITERATIONS, value=DEFAULT_ITERATIONS, step=1, precision=0,
                                    label="Iterations", elem_id="t3d-iterations")
+            model = gr.Dropdown(score_choices(jobs.catalog), value=jobs.catalog.teacher, label="Score model",
+                                info="whose score guides the scene: the teacher (two passes a step under CFG) or a "
+                                     "student, guided as it is meant to be (LCM, multi-CFG: one pass)",
+                                elem_id="t3d-model")
             with gr.Row():
                 run = gr.Button("Make 3D", variant="primary", elem_id="t3d-run")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="t3d-stop")
@@ -67,7 +79,7 @@ def build_text_to_3d_tab(jobs: Text3DJobs) -> None:
                 files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="t3d-files",
                                 height=200)
 
-    run.click(handle, [prompt, method, representation, iterations],
+    run.click(handle, [prompt, method, representation, iterations, model],
               [renders, loss, status, scene, turntable, files], api_name="text_to_3d",
               concurrency_id="compute", concurrency_limit=1, preprocess=False)  # raw values, checked here
     stop_button.click(stop_handler(jobs), None, [status], api_name="stop", queue=False)

@@ -61,9 +61,13 @@ class SlowRunner:
 
     def __init__(self):
         self.running = 0
+        self.model_paths = []
+        """The model folder each run was given, in order."""
 
     def __call__(self, settings, model_path, out_dir, on_step):
         from gendistill.app.text_to_3d_jobs import start_text_to_3d
+
+        self.model_paths.append(model_path)
 
         if settings.prompt.startswith("quick"):
             for step in range(3):

@@ -158,6 +158,16 @@ def test_text_to_3d_bad_inputs_come_back_as_errors(client, args, message):
         client.predict(*args, api_name="/text_to_3d")
 
 
+def test_the_score_model_is_the_teacher_unless_the_page_picks_a_student(client, demo_server, demo_models):
+    runner = demo_server[2]
+    client.predict("quick cube", "sds", "gaussians", 3, api_name="/text_to_3d")
+    assert runner.model_paths[-1] == demo_models["teacher"]
+    client.predict("quick cube", "sds", "gaussians", 3, "student-2step", api_name="/text_to_3d")
+    assert runner.model_paths[-1] == demo_models["student-2step"]
+    with pytest.raises(AppError, match="unknown model 'nope'"):
+        client.predict("quick cube", "sds", "gaussians", 3, "nope", api_name="/text_to_3d")
+
+
 def test_a_nerf_request_without_nerfstudio_comes_back_as_how_to_install_it(client, without_nerfstudio):
     with pytest.raises(AppError, match=r"needs nerfstudio.*pip install gendistill\[nerf\]"):
         client.predict("a red cube", "sds", "nerf", 3, api_name="/text_to_3d")
