@@ -1,7 +1,8 @@
 """Benchmark: progressive volume distillation (convert-nerf) against training the same student from scratch.
 
     OMP_NUM_THREADS=1 python benchmarks/nerf_conversion.py [--scene "a red cube|32|40" --scene ...]
-        [--teacher-steps 800] [--convert-steps 400] [--scratch-cap-s 180] [--teacher-dir DIR] [--out benchmarks/results]
+        [--teacher-steps 800] [--convert-steps 600] [--scratch-steps 1500] [--scratch-cap-s 180]
+        [--teacher-dir DIR] [--out benchmarks/results]
 
 Each ``--scene "CAPTION|PIXELS|VIEWS"`` is one difficulty level (default: a red cube, 40 views at 32 px, and a
 blue torus, 100 views at 64 px). A hashgrid teacher is fitted to shapes renders of the caption (8 further
@@ -9,7 +10,8 @@ views are the held-out ground truth). For each student (mlp, tensorf-vm, tensorf
 on the held-out views: the teacher's PSNR, the student's PSNR after conversion, and the time each route needs
 to reach the teacher's PSNR - 0.5 dB -- by conversion from the teacher (the clock starts before the student
 and the teacher bank are built), and by training the student from scratch on the images (Gaussians from
-scratch: random splats in a ball fitted to the images). Conversion and scratch of a pair run one after the
+scratch: random splats in a ball fitted to the images; fields from scratch: fit-nerf's schedule, rates decaying
+to a tenth over ``--scratch-steps``). Conversion and scratch of a pair run one after the
 other in the same process. Both wall-clock and CPU (process) seconds are recorded; evaluation pauses both.
 A route that does not get there within its cap is reported as "not reached in T s". Writes
 nerf_conversion.json and nerf_conversion.md.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -101,7 +104,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scene", action="append", default=None, metavar="CAPTION|PIXELS|VIEWS",
                         help="a difficulty level (repeatable); default: " + " and ".join(SCENES))
     parser.add_argument("--teacher-steps", type=int, default=800)
-    parser.add_argument("--convert-steps", type=int, default=400)
+    parser.add_argument("--convert-steps", type=int, default=600)
+    parser.add_argument("--scratch-steps", type=int, default=1500,
+                        help="the from-scratch fit's schedule (its rates decay over this many steps, as fit-nerf's do)")
     parser.add_argument("--scratch-cap-s", type=float, default=180.0)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--students", default=",".join(STUDENTS))
@@ -110,16 +115,20 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-dir", default=None,
                         help="reuse the teachers saved in this folder (their fit time is then unknown), else save them there")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--report-only", action="store_true", help="rebuild the markdown from OUT's JSON, run nothing")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-
-    scenes = [_scene_level(text, args) for text in (args.scene or SCENES)]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"threads": torch.get_num_threads(), "pvd_set": args.pvd_set, "scenes": scenes}
-    (out / "nerf_conversion.json").write_text(json.dumps(result, indent=2))
-    shown = sys.argv[1:] if argv is None else argv
-    (out / "nerf_conversion.md").write_text(_markdown(result, " ".join(shown)))
+    if args.report_only:
+        result = json.loads((out / "nerf_conversion.json").read_text())
+    else:
+        torch.set_num_threads(1)
+        scenes = [_scene_level(text, args) for text in (args.scene or SCENES)]
+        shown = sys.argv[1:] if argv is None else argv
+        command = f"OMP_NUM_THREADS=1 python benchmarks/nerf_conversion.py {shlex.join(shown)}".rstrip()
+        result = {"command": command, "threads": torch.get_num_threads(), "pvd_set": args.pvd_set, "scenes": scenes}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "nerf_conversion.json").write_text(json.dumps(result, indent=2))
+    (out / "nerf_conversion.md").write_text(_markdown(result))
     print((out / "nerf_conversion.md").read_text())
     return 0
 
@@ -220,15 +229,15 @@ def _scratch(student, train_views, args, watch: Watch) -> dict:
     from gendistill.render.nerf import FieldConfig, build_field
 
     generator = torch.Generator().manual_seed(1)
-    steps = 100_000  # the cap in seconds ends the run
     if student == "gaussians":
+        steps = 100_000  # the cap in seconds ends the run
         splats = init_from_sphere(SplatConfig().num_gaussians, 1.0, generator, sh_degree=0, opacity=0.5)
         run_on_trainer(SplatFitRecipe(splats, train_views, SplatConfig(steps=steps)), steps, SPLATS_PHASE,
                        on_step=watch.watching(splats))
-    else:
+    else:  # fit-nerf's own schedule: rates decay to a tenth over --scratch-steps (or the cap ends it first)
         model = build_field(FieldConfig(architecture=student), seed=1)
-        recipe = NerfFitRecipe(model, train_views, FitConfig(steps=steps, lr_final_ratio=1.0))
-        run_on_trainer(recipe, steps, FIELD_PHASE, on_step=watch.watching(model))
+        recipe = NerfFitRecipe(model, train_views, FitConfig(steps=args.scratch_steps))
+        run_on_trainer(recipe, args.scratch_steps, FIELD_PHASE, on_step=watch.watching(model))
     return watch.summary()
 
 
@@ -244,6 +253,17 @@ def _speedup(row: dict, key: str) -> float | None:
     return s / c if c and s else None
 
 
+def _same_quality(row: dict) -> tuple[float | None, float | None]:
+    """(PSNR, CPU speed-up) at the lower of the two routes' best PSNRs: how much sooner conversion got to the
+    quality both routes reached (CPU seconds to the first evaluation at or above it)."""
+    curves = [row[route]["curve"] for route in ("converted", "scratch")]
+    if not all(curves):
+        return None, None
+    level = min(max(point[-1] for point in curve) for curve in curves)
+    cpu = [next(point[2] for point in curve if point[-1] >= level) for curve in curves]
+    return level, (cpu[1] / cpu[0] if cpu[0] > 0 else None)
+
+
 def _ratio(value: float | None) -> str:
     return f"{value:.1f}x" if value is not None else "-"
 
@@ -256,28 +276,34 @@ def _row(row: dict) -> str:
             f"{_ratio(_speedup(row, 'cpu_seconds_to_target'))} |")
 
 
-def _markdown(result: dict, args: str) -> str:
+def _markdown(result: dict) -> str:
     head = ("| pair | teacher PSNR | converted PSNR | scratch PSNR | conversion: time to target (CPU) | "
             "scratch: time to target (CPU) | speed-up (wall) | speed-up (CPU) |\n|---|---|---|---|---|---|---|---|")
     intro = (f"Target = teacher PSNR - 0.5 dB; PSNR against the analytic renders of 8 held-out views; "
              f"{result['threads']} CPU thread(s); evaluation pauses both clocks; conversion and scratch of a pair run "
              f"in the same process, one after the other. Runs stop at the target, so the PSNR columns are the best "
              f"held-out PSNR before a run stopped.")
-    lines = [intro, "",
-             f"Command: `python benchmarks/nerf_conversion.py {args}`".rstrip()]
+    lines = [intro, "", f"Command: `{result.get('command', '(not recorded)')}`"]
     for level in result["scenes"]:
         title = (f"**{level['caption']}**, {level['views']} views at {level['resolution']} px; target "
                  f"{level['target_psnr']:.2f} dB")
         lines += ["", title, "", head]
         lines += [_row(r) for r in level["rows"]]
-    lines += ["", "Speed-up (wall / CPU) per pair and difficulty level:", "",
+    lines += ["", "Speed-up per pair and difficulty level: to the target (wall / CPU), and in CPU seconds to the "
+              "lower of the two routes' best PSNRs (the quality both reached, in dB):", "",
               "| pair | " + " | ".join(f"{lv['caption']} {lv['resolution']} px" for lv in result["scenes"]) + " |",
               "|---|" + "---|" * len(result["scenes"])]
     for i, row in enumerate(result["scenes"][0]["rows"]):
-        cells = [f"{_ratio(_speedup(lv['rows'][i], 'seconds_to_target'))} / "
-                 f"{_ratio(_speedup(lv['rows'][i], 'cpu_seconds_to_target'))}" for lv in result["scenes"]]
-        lines.append(f"| hashgrid -> {row['student']} | " + " | ".join(cells) + " |")
+        lines.append(f"| hashgrid -> {row['student']} | " + " | ".join(_summary_cell(lv["rows"][i])
+                                                                      for lv in result["scenes"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _summary_cell(row: dict) -> str:
+    level, same = _same_quality(row)
+    at_level = f"{_ratio(same)} at {level:.2f} dB" if level is not None else "-"
+    return (f"{_ratio(_speedup(row, 'seconds_to_target'))} / {_ratio(_speedup(row, 'cpu_seconds_to_target'))}; "
+            f"{at_level}")
 
 
 if __name__ == "__main__":

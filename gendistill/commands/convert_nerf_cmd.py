@@ -7,14 +7,15 @@ from gendistill.commands.parsing import DefaultsFormatter
 
 def add_parser(sub) -> None:
     p = sub.add_parser("convert-nerf", help="convert a radiance field between architectures or to/from 3D Gaussians",
-                       description="Progressive volume distillation: a student learns the teacher's volume by "
-                                   "querying it on the fly (features, then density, then colour, then rendered "
-                                   "rays). A field -> gaussians places splats on the teacher's density and fits "
-                                   "them to its renders; a splat .ply teacher -> a field fits the field to the "
-                                   "splats' renders. Writes DIR/field.safetensors or DIR/scene.ply, metrics.json "
-                                   "(student vs teacher PSNR on held-out cameras), renders.png, curves.png, "
-                                   "config.yaml and checkpoints/ (--resume continues; Ctrl-C keeps the outputs of "
-                                   "the last step).",
+                       description="Progressive volume distillation: a student learns the teacher's volume "
+                                   "(features, then density, then colour, then rendered rays) from a bank of the "
+                                   "teacher's answers, drawn where it has density and refreshed where the student "
+                                   "is most wrong (--set pvd.bank.enabled=false: query it on the fly). A field -> "
+                                   "gaussians places splats on the teacher's density and fits them to its renders; "
+                                   "a splat .ply teacher -> a field fits the field to the splats' renders. Writes "
+                                   "DIR/field.safetensors or DIR/scene.ply, metrics.json (student vs teacher PSNR "
+                                   "on held-out cameras), renders.png, curves.png, config.yaml and checkpoints/ "
+                                   "(--resume continues; Ctrl-C keeps the outputs of the last step).",
                        formatter_class=DefaultsFormatter)
     p.add_argument("--teacher", required=True, help="a field checkpoint (field.safetensors) or a 3DGS .ply")
     p.add_argument("--to", required=True, dest="target", help="mlp, tensorf-vm, tensorf-cp, hashgrid or gaussians")

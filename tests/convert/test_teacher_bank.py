@@ -143,3 +143,16 @@ def test_student_render_on_occupied_samples_matches_the_full_render_where_it_can
     _, alpha_block = render_occupied(Scaled(), origins, directions, 24, torch.ones(3), block_grid)
     alpha_block.sum().backward()
     assert scale.grad is not None and scale.grad > 0
+
+
+def test_focus_replays_the_entries_with_the_largest_recorded_error():
+    bank = _bank(BankConfig(points=200, rays=40, occupancy_resolution=8), torch.Generator().manual_seed(0))
+    point_error = torch.rand(200, generator=torch.Generator().manual_seed(1))
+    ray_error = torch.rand(40, generator=torch.Generator().manual_seed(2))
+    bank.record(torch.arange(200), point_error, torch.arange(40), ray_error)
+    points, rays = bank.draw(64, 16, torch.Generator().manual_seed(3), hardest_share=0.25)
+    assert points.shape == (64,) and rays.shape == (16,)
+    assert set(points[:16].tolist()) == set(point_error.topk(16).indices.tolist())
+    assert set(rays[:4].tolist()) == set(ray_error.topk(4).indices.tolist())
+    plain, _ = bank.draw(64, 16, torch.Generator().manual_seed(3))
+    assert not set(point_error.topk(16).indices.tolist()) <= set(plain.tolist())  # no replay without focus
