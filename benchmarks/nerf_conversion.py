@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pvd-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a PVDConfig value of the conversions, e.g. bank.enabled=false")
     parser.add_argument("--teacher-dir", default=None,
-                        help="reuse the teachers saved in this folder (their fit time is then unknown), else save them there")
+                        help="reuse the teachers saved in this folder (their fit time is then unknown), "
+                             "else save them there")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--report-only", action="store_true", help="rebuild the markdown from OUT's JSON, run nothing")
     args = parser.parse_args(argv)

@@ -1,10 +1,10 @@
 """A cache of the teacher's answers for progressive volume distillation, refreshed by active selection.
 
 PVD (Fang et al., AAAI 2023, "One is All: Bridging the Gap Between Neural Radiance Fields Architectures with
-Progressive Volume Distillation"; code: github.com/megvii-research/AAAI2023-PVD) queries the teacher **on the
-fly**: every step draws fresh points and rays and asks the teacher about them. With a hash-grid teacher that
-query costs about four times the student's own forward and backward pass per point on a CPU, so most of a PVD
-step was spent on the teacher. This bank is a **cache** instead: the teacher answers a few thousand points
+Progressive Volume Distillation") queries the teacher **on the fly**: every step draws fresh points and rays
+and asks the teacher about them. With a hash-grid teacher that query costs about four times the student's own
+forward and backward pass per point on a CPU, so most of a PVD step was spent on the teacher. This bank is a
+**cache** instead: the teacher answers tens of thousands of points
 (density, colour and encoder features) and rays (rendered colour and opacity) once, without gradients, and
 each step reads a random subset of them.
 
@@ -210,7 +210,8 @@ class TeacherBank:
         self.points = PointTargets(state["bank_points"], state["bank_density"], state["bank_rgb"],
                                    state.get("bank_features"))
         self.point_error, self.rays = state["bank_point_error"], state["bank_rays"].long()
-        self.ray_rgb, self.ray_alpha, self.ray_error = state["bank_ray_rgb"], state["bank_ray_alpha"], state["bank_ray_error"]
+        self.ray_rgb, self.ray_alpha = state["bank_ray_rgb"], state["bank_ray_alpha"]
+        self.ray_error = state["bank_ray_error"]
 
 
 def _draw(errors: Tensor, n: int, hardest_share: float, generator: torch.Generator) -> Tensor:

@@ -65,8 +65,9 @@ def test_killed_pvd_al_run_resumes_to_the_same_student_bit_for_bit(tmp_path, rou
     teacher = save_field(build_field(FieldConfig(architecture="tensorf-vm", tensorf_vm=TensorVMSizes(resolution=16)), seed=3),
                          tmp_path / "teacher.safetensors")
     # on the fly: PVD-AL's replay memory; bank: a refresh at step 2 and 4 (killed after 3, between the two)
-    route_keys = (["pvd.focus=true", "pvd.bank.enabled=false"] if route == "on-the-fly" else
-                  ["pvd.bank.points=64", "pvd.bank.rays=16", "pvd.bank.refresh_every=2", "pvd.bank.occupancy_resolution=8"])
+    bank_keys = ["pvd.bank.points=64", "pvd.bank.rays=16", "pvd.bank.refresh_every=2",
+                 "pvd.bank.occupancy_resolution=8"]
+    route_keys = ["pvd.focus=true", "pvd.bank.enabled=false"] if route == "on-the-fly" else bank_keys
     config = load_convert_config(["views=3", "holdout_views=2", "resolution=12", "pvd.steps=6", *route_keys,
                                   "pvd.points_per_step=64", "pvd.rays_per_step=16", "pvd.num_samples=8",
                                   "student.tensorf_cp.resolution=16", "student.hidden_width=16"])

@@ -126,7 +126,8 @@ def test_student_render_on_occupied_samples_matches_the_full_render_where_it_can
     field = BlockTeacher()
     origins, directions = _rays(32, torch.Generator().manual_seed(0))
     full_grid = OccupancyGrid(torch.ones(4, 4, 4, dtype=torch.bool), BOUND)
-    rgb, alpha = render_occupied(field, origins, directions, 24, torch.ones(3), full_grid, torch.Generator().manual_seed(3))
+    rgb, alpha = render_occupied(field, origins, directions, 24, torch.ones(3), full_grid,
+                                 torch.Generator().manual_seed(3))
     full = render_rays(field, origins, directions, 24, generator=torch.Generator().manual_seed(3),
                        background=torch.ones(3))  # the same jitter, every sample
     assert torch.allclose(rgb, full.rgb, atol=1e-6) and torch.allclose(alpha, full.alpha, atol=1e-6)
