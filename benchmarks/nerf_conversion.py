@@ -203,16 +203,17 @@ def _teacher(train, args, samples, checkpoint: Path | None):
 
 def _convert(student, teacher, train_views, args, watch: Watch) -> dict:
     from gendistill.config import load_config
-    from gendistill.convert.measure import teacher_views
     from gendistill.convert.pvd import STUDENT_PHASE, PVDConfig, PVDRecipe
-    from gendistill.convert.to_gaussians import SPLATS_PHASE, SplatConfig, SplatFitRecipe, place_splats
+    from gendistill.convert.to_gaussians import (SPLATS_PHASE, SplatConfig, SplatFitRecipe, place_splats,
+                                                 teacher_targets)
     from gendistill.render.nerf import FieldConfig, build_field
 
     generator = torch.Generator().manual_seed(1)
     if student == "gaussians":
         config = SplatConfig(steps=args.convert_steps)
         splats = place_splats(teacher, train_views.cameras, config, generator)
-        targets = teacher_views(teacher, train_views.cameras, train_views.background, config.num_samples)
+        targets = teacher_targets(teacher, train_views.cameras, train_views.background, config.num_samples,
+                                  generator)
         run_on_trainer(SplatFitRecipe(splats, targets, config), config.steps, SPLATS_PHASE,
                        on_step=watch.watching(splats))
     else:

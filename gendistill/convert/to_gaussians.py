@@ -83,6 +83,20 @@ def place_splats(teacher: RadianceField, cameras: Cameras, config: SplatConfig,
     return splats
 
 
+def teacher_targets(teacher: RadianceField, cameras: Cameras, background: Tensor, num_samples: int,
+                    generator: torch.Generator, occupancy_resolution: int = 32, chunk: int = 8192) -> MultiViewData:
+    """The teacher's deterministic renders of ``cameras`` (the splats' targets), querying it only at samples in
+    its occupied cells (:mod:`gendistill.convert.occupancy`): what
+    :func:`~gendistill.convert.measure.teacher_views` renders, without paying for the empty space."""
+    from gendistill.convert.occupancy import teacher_occupancy
+    from gendistill.convert.teacher_bank import render_teacher_rays
+
+    grid = teacher_occupancy(teacher, occupancy_resolution, generator)
+    origins, directions = (r.reshape(-1, 3) for r in camera_rays(cameras))
+    parts = [render_teacher_rays(teacher, origins[i:i + chunk], directions[i:i + chunk], num_samples, background,
+                                 grid)[0] for i in range(0, origins.shape[0], chunk)]
+    rgb = torch.cat(parts).view(len(cameras), cameras.height, cameras.width, 3).permute(0, 3, 1, 2)
+    return MultiViewData(cameras, rgb, background)
 
 
 class SplatFitRecipe:

@@ -24,7 +24,7 @@ from gendistill.convert.data import sphere_cameras
 from gendistill.convert.fit import FIELD_PHASE, NerfFitRecipe, field_optimizer
 from gendistill.convert.measure import psnr, render_splats, splat_views, teacher_views
 from gendistill.convert.pvd import STUDENT_PHASE, PVDRecipe
-from gendistill.convert.to_gaussians import SPLATS_PHASE, SplatFitRecipe, place_splats
+from gendistill.convert.to_gaussians import SPLATS_PHASE, SplatFitRecipe, place_splats, teacher_targets
 from gendistill.errors import UserError, check_choice
 from gendistill.jobs.convert.config import TARGETS, ConvertConfig
 from gendistill.jobs.convert.fit_nerf import NerfJobResult
@@ -114,7 +114,7 @@ def _build(teacher, from_splats: bool, target: str, cameras: Cameras, holdout: C
     teacher_images = teacher_views(teacher, holdout, background).images
     if target == "gaussians":
         splats = place_splats(teacher, cameras, config.splats, generator)
-        targets = teacher_views(teacher, cameras, background, config.splats.num_samples)
+        targets = teacher_targets(teacher, cameras, background, config.splats.num_samples, generator)
         run = RecipeRun(SplatFitRecipe(splats, targets, config.splats), config.splats.steps, SPLATS_PHASE,
                         field_optimizer(), "nerf -> splats")
         return Conversion(splats, run, teacher_images)
