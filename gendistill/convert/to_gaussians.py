@@ -3,8 +3,9 @@
 NeRF -> Gaussians: rays of the cameras are rendered through the teacher, and splat centres are drawn from the
 samples in proportion to their compositing weights (so they land on the visible surface, where the teacher's
 density sits), coloured by the teacher (:func:`place_splats`). :class:`SplatFitRecipe` then fits the splats to
-the teacher's renders of the cameras (:func:`~gendistill.convert.measure.teacher_views`) on the one trainer,
-with :class:`~gendistill.render.gaussians.GaussianRenderer` (torch backend on CPU, gsplat on CUDA).
+the teacher's renders of the cameras (:func:`teacher_targets`: evaluated only in the teacher's occupied cells)
+on the one trainer, with :class:`~gendistill.render.gaussians.GaussianRenderer` (torch backend on CPU, gsplat
+on CUDA).
 
 Gaussians -> NeRF: the splats' renders of the cameras (:func:`~gendistill.convert.measure.splat_views`) become
 the images a field is fitted to (:class:`gendistill.convert.fit.NerfFitRecipe`).
