@@ -21,15 +21,23 @@ def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def guidance_of(row: dict) -> str | None:
+def _verdict(key: tuple[str, int], ref_key: tuple[str, int], met: bool) -> str:
+    """The target column: the reference, a control (the teacher at other settings: the target is a student's),
+    or whether a student meets the target."""
+    if key == ref_key:
+        return "reference"
+    return f"control ({'within' if met else 'outside'} the bounds)" if key[0] == "teacher" else _mark(met)
+
+
+def guidance_of(row: dict) -> str:
     """How the row's model was guided: the row's record, else its run folder's metrics.json; a run from before
-    guidance kinds existed (no such key) had CFG (None when the run folder is gone)."""
+    guidance kinds existed (issue 18) had classifier-free guidance whatever the model."""
     if row.get("model_guidance"):
         return row["model_guidance"]
     try:
         return json.loads((Path(row["run_dir"]) / "metrics.json").read_text()).get("model_guidance", "cfg")
     except (OSError, ValueError, KeyError):
-        return None
+        return "cfg"
 
 
 def prior_groups(rows: list[dict]) -> dict[tuple[str, int], dict[str, dict]]:
@@ -75,11 +83,11 @@ def priors_table(rows: list[dict]) -> list[str]:
         c = compare(groups[key], groups[ref_key])
         if c is None:
             continue
-        kinds = {guidance_of(r) for r in groups[key].values()} - {None}
+        kinds = {guidance_of(r) for r in groups[key].values()}
         kind = "/".join(sorted(kinds)) or "?"
         passes = "/".join(str(PASSES[k]) for k in sorted(kinds) if k in PASSES) or "?"
         lines.append(f"| {key[0]} | {key[1]} | {kind} | {passes} | {c['runs']} | {c['iou']:.3f} | {c['ref_iou']:.3f} | "
                      f"{c['prompt_accuracy']:.3f} | {c['ref_prompt_accuracy']:.3f} | {c['cpu_seconds']:.0f} | "
                      f"{c['ref_cpu_seconds']:.0f} | {c['time_ratio']:.2f} | "
-                     f"{'reference' if key == ref_key else _mark(c['met'])} |")
+                     f"{_verdict(key, ref_key, c['met'])} |")
     return lines
