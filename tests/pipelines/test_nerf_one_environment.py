@@ -33,7 +33,12 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 NUMPY_ALIASES = ("np", "_np", "onp", "numpy")
 # Imported only when installed (try/except ImportError), so they need no declaring.
 OPTIONAL = {"brotli": "urllib3's brotli decoding", "pysocks": "urllib3's SOCKS proxies",
-            "defusedxml": "PIL's XMP reader"}
+            "defusedxml": "PIL's XMP reader",
+            **dict.fromkeys(("boto3", "botocore", "jmespath", "s3transfer"),
+                            "tensorboard's s3:// files (its gfile tries boto3, in a try block)"),
+            "colorama": "torch inductor's coloured logs (runtime_utils tries it)"}
+"""Distributions that modules import only when they happen to be installed (inside try/except ImportError): a
+machine that has them (e.g. for the AWS command line) loads them, one without does not miss them."""
 
 # What a process running ns-train gendistill-sds (and gendistill's field components) loads, then prints as JSON.
 PROBE = """
