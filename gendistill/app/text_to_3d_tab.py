@@ -26,11 +26,8 @@ gradio passes no camera to its splat viewer; ``scene_view.py`` frames the splats
 
 
 def score_choices(catalog) -> list[tuple[str, str]]:
-    """(label, name) of every model that draws pictures (a depth branch does not), the teacher first."""
-    from gendistill.app.models import shows_pictures
-
-    choices = [c for c in catalog.choices() if shows_pictures(catalog.entry(c[1]).path)]
-    return sorted(choices, key=lambda c: c[1] != catalog.teacher)
+    """(label, name) of the catalog's models (those the generation tab offers), the teacher first."""
+    return sorted(catalog.choices(), key=lambda c: c[1] != catalog.teacher)
 
 
 def build_text_to_3d_tab(jobs: Text3DJobs) -> None:

@@ -27,6 +27,8 @@ from gendistill.errors import UserError
 GuidanceKind = Literal["cfg", "embedded", "distilled"]
 """How one guided prediction of a model is made: classifier-free guidance (two network passes), the scale
 embedded in a w-embedding UNet (one pass), or guidance distilled into the weights (the conditional pass alone)."""
+GUIDANCE_PASSES: dict[str, int] = {"cfg": 2, "embedded": 1, "distilled": 1}
+"""Network passes per guided prediction (at a scale above 1) of each ``GuidanceKind``."""
 
 Boundary = Union[Literal["pipeline"], float, None]
 """LCM's boundary condition on a denoiser: as the pipeline's scheduler does, never (None), or always with

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gendistill.backends.text_to_image import TextToImageModel
+from gendistill.backends.text_to_image import GUIDANCE_PASSES, TextToImageModel
 from gendistill.diffusion.denoiser import TextCondition, expand_sigma
 from gendistill.diffusion.guidance import CFGDenoiser
 from gendistill.diffusion.losses import surrogate_loss
@@ -122,7 +122,7 @@ class Teacher:
     def passes_per_prediction(self) -> int:
         """Network passes per guided prediction at a scale above 1: 2 under CFG, 1 when the guidance is embedded
         or distilled into the model."""
-        return 2 if self.model.guidance_kind == "cfg" else 1
+        return GUIDANCE_PASSES[self.model.guidance_kind]
 
     def guided(self, n: int, scale: float, rescale: float = 0.0, negative_prompt: str = "") -> CFGDenoiser:
         """``D_u + scale (D_c - D_u)`` with the negative prompt as ``u``, by the model's ``guidance_kind``: a
