@@ -11,17 +11,15 @@ share it), so a crash loses nothing, and ``--resume`` skips the rows already the
 summary of the targets) is rebuilt from the whole JSON after every row. Run folders (scene.ply, turntable,
 held-out views) go under --runs-dir.
 
-Diversity across seeds (for "VSD more diverse than SDS at equal quality"): for the runs of one method, model and
-prompt with different seeds, the mean absolute RGB difference between the *same* held-out view of two runs
-(over all pixels of the 8 views, then over all pairs of seeds), and the same for the L2 distance between the
-shapes classifier's features of those views. Both are 0 when every seed gives the same object.
+The report's sections live beside this file: diversity across seeds (text_to_3d_diversity.py), structure-aware
+SDS (text_to_3d_structure.py) and distilled priors (text_to_3d_priors.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
-import itertools
 import json
 import os
 import time
@@ -89,36 +87,6 @@ def targets_met(seconds: float, iou: float, accuracy: float | None) -> dict[str,
     return met
 
 
-def mean_pairwise(items: list, distance) -> float:
-    """Mean of ``distance(a, b)`` over all unordered pairs (nan with fewer than two items)."""
-    pairs = list(itertools.combinations(items, 2))
-    return sum(distance(a, b) for a, b in pairs) / len(pairs) if pairs else float("nan")
-
-
-def seed_diversity(renders: list, features: list) -> dict[str, float]:
-    """Diversity of one group of seeds from their held-out renders (V, 3, H, W) and classifier features (V, F),
-    view matched: mean |RGB difference| of the same view, and mean L2 distance of the same view's features."""
-    return {"render_diversity": mean_pairwise(renders, lambda a, b: (a - b).abs().mean().item()),
-            "feature_diversity": mean_pairwise(features, lambda a, b: (a - b).norm(dim=1).mean().item())}
-
-
-def heldout_renders(run_dir: Path):
-    """The 8 held-out renders (8, 3, H, W) in [0, 1]: the top row of the run's heldout.png (a make_grid with 8
-    columns and 2 px padding; the analytic object is the second row). None when the run has no heldout.png."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    path = run_dir / "heldout.png"
-    if not path.is_file():
-        return None
-    grid = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-    pad, views = 2, 8
-    size = (grid.shape[2] - pad) // views - pad
-    return torch.stack([grid[:, pad:pad + size, pad + i * (size + pad):pad + i * (size + pad) + size]
-                        for i in range(views)])
-
-
 def nerf_unavailable() -> str | None:
     """Why nerf rows cannot run here (None when they can): the text-to-3D config must accept
     ``scene: {kind: nerf}`` and nerfstudio must import."""
@@ -167,38 +135,9 @@ def run_row(spec: RowSpec, overrides: list[str], runs_dir: Path, progress: bool)
             "steps": getattr(result, "steps", None), "stopped": getattr(result, "stopped", None),
             "iou": ev.iou, "colour_error": ev.colour_error, "prompt_accuracy": ev.prompt_accuracy,
             "shape_accuracy": ev.shape_accuracy, "colour_accuracy": ev.colour_accuracy,
-            "depth_error": ev.depth_error, "floaters": ev.floaters, "model_guidance": _model_guidance(runs_dir / spec.slug),
+            "depth_error": ev.depth_error, "floaters": ev.floaters,
+            "model_guidance": _section("text_to_3d_priors").run_guidance(runs_dir / spec.slug),
             "targets": targets_met(seconds, ev.iou, ev.prompt_accuracy)}
-
-
-def _model_guidance(run_dir: Path) -> str | None:
-    """How the run's model was guided (cfg, embedded or distilled), from its metrics.json."""
-    try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("model_guidance")
-    except (OSError, ValueError):
-        return None
-
-
-def diversity_groups(rows: list[dict]) -> list[dict]:
-    """One record per (method, representation, model, prompt) with two or more finished seeds: mean quality
-    beside the seed diversity."""
-    from gendistill.jobs.text_to_3d.evaluate3d import load_default_classifier
-
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row["status"] == "ok":
-            groups.setdefault((row["method"], row["representation"], row["model"], row["prompt"]), []).append(row)
-    classifier, out = None, []
-    for (method, rep, model, prompt), members in sorted(groups.items()):
-        renders = [r for r in (heldout_renders(Path(m["run_dir"])) for m in members) if r is not None]
-        if len(members) < 2 or len(renders) < 2:
-            continue
-        classifier = classifier or load_default_classifier()
-        features = [classifier.classify(r).features for r in renders]
-        out.append({"method": method, "representation": rep, "model": model, "prompt": prompt,
-                    "seeds": sorted(m["seed"] for m in members), **_means(members),
-                    **seed_diversity(renders, features)})
-    return out
 
 
 def _means(rows: list[dict]) -> dict[str, float]:
@@ -214,8 +153,10 @@ def _model_order(name: str) -> int:
     return list(MODELS).index(name) if name in MODELS else len(MODELS)
 
 
+@functools.cache
 def _section(name: str):
-    """A section of this benchmark's report (benchmarks/<name>.py), loaded from this folder."""
+    """A section of this benchmark's report (benchmarks/<name>.py), loaded from this folder once, on first use
+    (after ``main`` has prepared the process: a section may import gendistill)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -241,7 +182,8 @@ def format_markdown(data: dict) -> str:
         lines.append(f"| {r['method']} | {r['representation']} | {r['model']} | {r['prompt']} | {r['seed']} | "
                      f"{r['iou']:.3f} | {r['colour_error']:.3f} | {acc} | {r['seconds']:.0f} | "
                      f"{r['cpu_seconds']:.0f} | {_mark(t['time'])} / {_mark(t['iou'])} / {_mark(t['accuracy'])} |")
-    lines += ["", *_method_table(rows), "", *_diversity_table(data.get("diversity", [])), "",
+    diversity = _section("text_to_3d_diversity").diversity_table(data.get("diversity", []))
+    lines += ["", *_method_table(rows), "", *diversity, "",
               *_section("text_to_3d_structure").structure_table(rows), "",
               *_section("text_to_3d_priors").priors_table(rows), "",
               "**Targets**", "", *summary_lines(rows, data.get("diversity", []))]
@@ -264,21 +206,6 @@ def _method_table(rows: list[dict]) -> list[str]:
         m = _means(group)
         lines.append(f"| {method} | {rep} | {model} | {len(group)} | {m['iou']:.3f} | {m['prompt_accuracy']:.3f} | "
                      f"{m['seconds']:.0f} | {m['cpu_seconds']:.0f} | {sum(r['targets']['all'] for r in group)}/{len(group)} |")
-    return lines
-
-
-def _diversity_table(groups: list[dict]) -> list[str]:
-    if not groups:
-        return ["No method has two seeds of one prompt yet: no diversity numbers."]
-    lines = ["Diversity across seeds (render: mean |RGB difference| of the same held-out view between two seeds; "
-             "feature: mean L2 distance of the classifier features of the same view; both averaged over the 8 "
-             "views and all seed pairs), beside mean quality:", "",
-             "| method | repr. | model | prompt | seeds | mean IoU | mean prompt acc | render div. | feature div. |",
-             "|" + "---|" * 9]
-    for g in groups:
-        lines.append(f"| {g['method']} | {g['representation']} | {g['model']} | {g['prompt']} | "
-                     f"{','.join(map(str, g['seeds']))} | {g['iou']:.3f} | {g['prompt_accuracy']:.3f} | "
-                     f"{g['render_diversity']:.4f} | {g['feature_diversity']:.3f} |")
     return lines
 
 
@@ -360,7 +287,7 @@ def record_row(out: Path, record: dict | None, header: dict) -> dict:
             data["machine"] = header["machine"]
         if record is not None:
             data["rows"] = merge_rows(data["rows"], record)
-        data["diversity"] = diversity_groups(data["rows"])
+        data["diversity"] = _section("text_to_3d_diversity").diversity_groups(data["rows"], _means)
         save(data, out)
     return data
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gendistill.backends.text_to_image import GUIDANCE_PASSES
+
 IOU_GAP, TIME_RATIO = 0.03, 0.60
 """Issue 18: a student prior within 0.03 mean IoU of the teacher, same prompt accuracy, <= 60% of its CPU time."""
-PASSES = {"cfg": 2, "embedded": 1, "distilled": 1}
-"""Network passes per guided prediction of each guidance kind."""
 
 
 def _mark(ok: bool) -> str:
@@ -29,15 +29,18 @@ def _verdict(key: tuple[str, int], ref_key: tuple[str, int], met: bool) -> str:
     return f"control ({'within' if met else 'outside'} the bounds)" if key[0] == "teacher" else _mark(met)
 
 
-def guidance_of(row: dict) -> str:
-    """How the row's model was guided: the row's record, else its run folder's metrics.json; a run from before
-    guidance kinds existed (issue 18) had classifier-free guidance whatever the model."""
-    if row.get("model_guidance"):
-        return row["model_guidance"]
+def run_guidance(run_dir: Path) -> str:
+    """How a run's model was guided, from its metrics.json; a run from before guidance kinds existed (issue 18),
+    or one whose folder is gone, had classifier-free guidance whatever the model."""
     try:
-        return json.loads((Path(row["run_dir"]) / "metrics.json").read_text()).get("model_guidance", "cfg")
-    except (OSError, ValueError, KeyError):
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("model_guidance", "cfg")
+    except (OSError, ValueError):
         return "cfg"
+
+
+def guidance_of(row: dict) -> str:
+    """How the row's model was guided: the row's record, else its run folder's (:func:`run_guidance`)."""
+    return row.get("model_guidance") or run_guidance(row.get("run_dir", ""))
 
 
 def prior_groups(rows: list[dict]) -> dict[tuple[str, int], dict[str, dict]]:
@@ -85,7 +88,7 @@ def priors_table(rows: list[dict]) -> list[str]:
             continue
         kinds = {guidance_of(r) for r in groups[key].values()}
         kind = "/".join(sorted(kinds)) or "?"
-        passes = "/".join(str(PASSES[k]) for k in sorted(kinds) if k in PASSES) or "?"
+        passes = "/".join(str(GUIDANCE_PASSES[k]) for k in sorted(kinds) if k in GUIDANCE_PASSES) or "?"
         lines.append(f"| {key[0]} | {key[1]} | {kind} | {passes} | {c['runs']} | {c['iou']:.3f} | {c['ref_iou']:.3f} | "
                      f"{c['prompt_accuracy']:.3f} | {c['ref_prompt_accuracy']:.3f} | {c['cpu_seconds']:.0f} | "
                      f"{c['ref_cpu_seconds']:.0f} | {c['time_ratio']:.2f} | "

@@ -1,4 +1,5 @@
-"""The pure helpers of benchmarks/text_to_3d.py: targets, seed diversity, held-out render parsing, summary."""
+"""The pure helpers of benchmarks/text_to_3d.py and its diversity section: targets, seed diversity, held-out render
+parsing, summary."""
 
 import importlib.util
 import sys
@@ -13,6 +14,10 @@ _spec = importlib.util.spec_from_file_location("bench_text_to_3d", _PATH)
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench  # dataclasses look their module up
 _spec.loader.exec_module(bench)
+_DIV_PATH = _PATH.with_name("text_to_3d_diversity.py")
+_div_spec = importlib.util.spec_from_file_location("bench_text_to_3d_diversity", _DIV_PATH)
+diversity = importlib.util.module_from_spec(_div_spec)
+_div_spec.loader.exec_module(diversity)
 
 
 def test_targets_need_time_iou_and_accuracy():
@@ -24,24 +29,24 @@ def test_targets_need_time_iou_and_accuracy():
 
 def test_seed_diversity_is_zero_for_identical_runs_and_grows_with_difference():
     a = torch.rand(8, 3, 4, 4)
-    same = bench.seed_diversity([a, a.clone()], [torch.ones(8, 5), torch.ones(8, 5)])
+    same = diversity.seed_diversity([a, a.clone()], [torch.ones(8, 5), torch.ones(8, 5)])
     assert same == {"render_diversity": 0.0, "feature_diversity": 0.0}
     b = a + 0.1
     c = a + 0.3
-    div = bench.seed_diversity([a, b, c], [torch.zeros(8, 2), torch.zeros(8, 2), torch.full((8, 2), 3.0)])
+    div = diversity.seed_diversity([a, b, c], [torch.zeros(8, 2), torch.zeros(8, 2), torch.full((8, 2), 3.0)])
     assert abs(div["render_diversity"] - (0.1 + 0.3 + 0.2) / 3) < 1e-5  # mean over the 3 pairs
     assert abs(div["feature_diversity"] - 2 * 18 ** 0.5 / 3) < 1e-4
-    assert bench.mean_pairwise([1.0], lambda x, y: 1.0) != bench.mean_pairwise([1.0], lambda x, y: 1.0)  # nan
+    assert diversity.mean_pairwise([1.0], lambda x, y: 1.0) != diversity.mean_pairwise([1.0], lambda x, y: 1.0)  # nan
 
 
 def test_heldout_renders_reads_back_the_top_row_of_the_grid(tmp_path: Path):
     renders = torch.rand(8, 3, 64, 64)
     truth = torch.zeros(8, 3, 64, 64)
     save_png(make_grid(torch.cat([renders, truth]), columns=8), tmp_path / "heldout.png")
-    back = bench.heldout_renders(tmp_path)
+    back = diversity.heldout_renders(tmp_path)
     assert back.shape == (8, 3, 64, 64)
     assert (back - renders).abs().max() <= 0.5 / 255 + 1e-6  # only the PNG's 8-bit rounding
-    assert bench.heldout_renders(tmp_path / "missing") is None
+    assert diversity.heldout_renders(tmp_path / "missing") is None
 
 
 def test_summary_counts_met_missed_and_absent_shapes():
