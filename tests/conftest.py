@@ -44,3 +44,14 @@ def without_nerfstudio(monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] == "nerfstudio"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "nerfstudio", None)  # `import nerfstudio...` raises ModuleNotFoundError
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """accelerate's process-wide state forgotten before and after the test: a test that builds trainers in its own
+    precision would otherwise be refused ("AcceleratorState has already been initialized")."""
+    from precision_spy import fresh_accelerate_state
+
+    fresh_accelerate_state()
+    yield
+    fresh_accelerate_state()

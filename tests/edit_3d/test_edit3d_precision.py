@@ -12,18 +12,13 @@ from gendistill.render.gaussian_sets import Placement, concat_gaussians, placed_
 from gendistill.render.gaussians import init_from_sphere
 from gendistill.render.ply import save_ply
 from gendistill.shipped import shipped_configs_dir
-from precision_spy import TrainerSpy, assert_trained, fresh_accelerate_state
+from precision_spy import TrainerSpy, assert_trained
 from tiny_pipelines import tiny_sd_pipeline
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # each test builds trainers in its own precision
 
 SMALL = ["iterations=2", "batch_size=1", "turntable.frames=2", "turntable.size=16", "progress=false",
          "localisation.views=2", "localisation.every=2", "run.checkpoint_every=0"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate():
-    fresh_accelerate_state()
-    yield
-    fresh_accelerate_state()
 
 
 @pytest.fixture(scope="module")

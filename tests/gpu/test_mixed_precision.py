@@ -23,20 +23,12 @@ import pytest
 from gendistill.config import load_config
 from precision_runs import (PRESETS, ROOT, STEPS, assert_samples, assert_scene_written, distill,
                             gsplat_kernels_missing, teacher_dir, text_to_3d)
-from precision_spy import (DTYPES, TrainerSpy, assert_trained, differing_tensors, fresh_accelerate_state,
+from precision_spy import (DTYPES, TrainerSpy, assert_trained, differing_tensors,
                            non_finite_terms)
 from tiny_pipelines import make_tiny_teachers, network_file
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("fresh_accelerate")]
 PRECISIONS = ("fp16", "bf16")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate():
-    """Each test builds trainers in its own precision; accelerate's process-wide state would refuse."""
-    fresh_accelerate_state()
-    yield
-    fresh_accelerate_state()
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,12 @@ import pytest
 
 from gendistill.jobs.image_to_3d.config import load_image3d_config
 from gendistill.render.images import save_png
-from precision_spy import TrainerSpy, assert_trained, fresh_accelerate_state
+from precision_spy import TrainerSpy, assert_trained
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # each test builds trainers in its own precision
 
 SMALL = ["iterations=2", "batch_size=2", "scene.init.num_points=150", "turntable.size=16", "turntable.frames=2",
          "progress=false", "run.checkpoint_every=0", "reference.weight=100"]  # the baseline: both losses run
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate():
-    fresh_accelerate_state()
-    yield
-    fresh_accelerate_state()
 
 
 def run_image_to_3d(precision, device, teacher, tmp_path, monkeypatch):

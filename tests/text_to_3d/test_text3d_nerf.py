@@ -16,19 +16,11 @@ from gendistill.render.nerf.mesh import load_mesh_ply  # noqa: E402
 from gendistill.jobs.text_to_3d.config import Text3DConfig, load_text3d_config  # noqa: E402
 from gendistill.jobs.text_to_3d.evaluate3d import heldout_cameras  # noqa: E402
 from gendistill.jobs.text_to_3d.run import run_text_to_3d  # noqa: E402
-from tiny_pipelines import tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.nerf
 SMALL = ["scene.kind=nerf", "cameras.view_prompts=shapes", "iterations=20", "batch_size=2", "resolution=16",
          "progress=false", "turntable.size=16", "turntable.frames=3", "scene.num_samples=8", "scene.eval_samples=16",
          "scene.mesh.resolution=24", "scene.field.architecture=tensorf-vm", "scene.field.tensorf_vm.resolution=16"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "pipe"
-    tiny_sd_pipeline(folder)
-    return folder
 
 
 def test_twenty_nerf_steps_write_a_mesh_and_a_checkpoint_that_reloads_to_the_same_renders(tiny, tmp_path):

@@ -14,7 +14,6 @@ from gendistill.jobs.text_to_3d.run import run_text_to_3d  # noqa: E402
 from gendistill.recipe import Update  # noqa: E402
 from gendistill.render.cameras import stack_cameras  # noqa: E402
 from gendistill.render.nerf.priors import tensorf_total_variation  # noqa: E402
-from tiny_pipelines import tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.nerf
 SMALL = ["scene.kind=nerf", "cameras.view_prompts=shapes", "iterations=8", "batch_size=2", "resolution=16",
@@ -22,13 +21,6 @@ SMALL = ["scene.kind=nerf", "cameras.view_prompts=shapes", "iterations=8", "batc
          "scene.mesh.resolution=24", "scene.field.architecture=tensorf-vm", "scene.field.tensorf_vm.resolution=16"]
 AIDS = ["scene.occupancy.resolution=16", "scene.occupancy.dilation=1", "scene.occupancy.update_every=2", "scene.coarse_scale=0.5",
         "scene.coarse_fraction=0.5", "scene.plane_tv_weight=10", "scene.checkpoint=false"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "pipe"
-    tiny_sd_pipeline(folder)
-    return folder
 
 
 def build_scene(overrides):

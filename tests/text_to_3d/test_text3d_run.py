@@ -20,19 +20,11 @@ from gendistill.score.sds import SDSConfig
 from gendistill.score.vsd import VSDConfig
 from gendistill.jobs.text_to_3d.config import Text3DConfig, load_text3d_config
 from gendistill.jobs.text_to_3d.run import run_text_to_3d
-from tiny_pipelines import tiny_sd_pipeline
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "text-to-3d").glob("*.yaml"))
 SMALL = ["iterations=20", "batch_size=2", "scene.init.num_points=150", "turntable.size=24", "progress=false",
          "scene.densify.strategy.refine_start=3", "scene.densify.strategy.refine_every=4",
          "scene.densify.prune.after=12", "scene.densify.prune.every=4", "cameras.view_prompts=shapes"]  # shapes captions: evaluated (eval3d.json)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "pipe"
-    tiny_sd_pipeline(folder)
-    return folder
 
 
 @pytest.mark.nerf  # also in the nerf venv: its gsplat 1.4 reads screen radii differently

@@ -9,17 +9,10 @@ import pytest
 import torch
 
 from precision_runs import ROOT, UNET_FILE, assert_samples, assert_scene_written, distill, teacher_dir, text_to_3d
-from precision_spy import assert_trained, differing_tensors, fresh_accelerate_state
+from precision_spy import assert_trained, differing_tensors
 from tiny_pipelines import make_tiny_teachers, network_file
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate():
-    """These tests build bf16 trainers; accelerate's process-wide state would refuse after a float32 one
-    (and the float32 trainers of later tests after these)."""
-    fresh_accelerate_state()
-    yield
-    fresh_accelerate_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # each test builds trainers in its own precision
 
 
 @pytest.fixture(scope="module")
